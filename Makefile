@@ -1,0 +1,27 @@
+# Two commands a newcomer needs: `make demo` (a real containerised kernel, end to end) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+IMAGE := $(shell echo $${XDG_CACHE_HOME:-$$HOME/.cache})/container-kernel/images/bookworm-ipykernel
+
+.PHONY: venv image test lint demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+
+image:
+	scripts/build-image $(IMAGE)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv image lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

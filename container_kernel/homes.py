@@ -1,0 +1,51 @@
+"""Fake homes: host folders bound over the home inside, so the real `$HOME` never is."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def home_inside() -> str:
+    """The home a runtime gives the user inside: the passwd entry's, not `$HOME`."""
+    return pwd.getpwuid(os.getuid()).pw_dir
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` if missing, mode 0700 (a home holds credentials); keep an existing one."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+    return path
+
+
+def persistent_home(home_root: str, kernel_name: str) -> Path:
+    """The home kept between sessions of one kernel spec."""
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", kernel_name) or "default"
+    return private_dir(Path(home_root).expanduser() / safe_name)
+
+
+def temporary_home() -> Path:
+    """A fresh home for one kernel; `remove_home` deletes it at shutdown."""
+    return Path(tempfile.mkdtemp(prefix="container-kernel-home-"))
+
+
+def remove_home(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_home(home: str, home_root: str, kernel_name: str) -> Path | None:
+    """The host folder for a `home` setting other than 'temporary': None means no home mount.
+
+    The folder is created before every start: Apptainer silently mounts an empty tmpfs
+    in place of a missing one, and what the kernel writes there would vanish.
+    """
+    if home == "none":
+        return None
+    if home == "persistent":
+        return persistent_home(home_root, kernel_name)
+    return private_dir(Path(home).expanduser())

@@ -1,0 +1,123 @@
+"""The one place that combines settings, fake home and clean-environment policy into a command.
+
+Layers, each a separate step: [where it runs: nothing yet] + [runtime exec and its flags]
++ [the command inside]. Every face (provisioner, magic, CLI) comes through here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .environment import container_environment
+from .errors import ContainerKernelError
+from .homes import home_inside
+from .runtimes import Bind, ExecRequest, Runtime, parse_bind
+from .settings import ContainerSettings
+
+# Where the working directory goes when binding it at its own path would hide the fake home
+# (a notebook opened in the home folder itself).
+NOTEBOOK_MOUNT = "/mnt/notebook"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to hand to Popen: the argv, its environment and the host folder to start it in."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+
+def check_image(image: str) -> str:
+    """A local image must exist (a URI is left to the runtime); returns its absolute path."""
+    if "://" in image:
+        return image
+    if not image:
+        msg = "No image: set `image` to a SIF file or an image directory."
+        raise ContainerKernelError(msg)
+    path = Path(image).expanduser().absolute()
+    if not path.exists():
+        msg = f"Image not found: {path}. Set `image` to an existing SIF file or image directory."
+        raise ContainerKernelError(msg)
+    return str(path)
+
+
+def user_binds(specs: Sequence[str]) -> list[Bind]:
+    """Parse the `binds` setting and check every source exists now, not inside the runtime."""
+    binds = []
+    for spec in specs:
+        bind = parse_bind(spec)
+        src = os.path.expanduser(bind.src)
+        if not os.path.exists(src):
+            msg = f"Bind source does not exist: {src} (in {spec!r}); create it or fix `binds`."
+            raise ContainerKernelError(msg)
+        binds.append(Bind(src, bind.dst, bind.read_only))
+    return binds
+
+
+def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
+    """Bind the working directory at its own path, or elsewhere if it would cover the fake home."""
+    if cwd == "/":
+        return None
+    covers_home = inside_home is not None and (
+        inside_home == cwd or inside_home.startswith(cwd.rstrip("/") + "/")
+    )
+    return Bind(cwd, NOTEBOOK_MOUNT if covers_home else cwd)
+
+
+def build_request(
+    settings: ContainerSettings,
+    command: Sequence[str],
+    *,
+    cwd: str,
+    home: Path | None,
+    host_env: Mapping[str, str],
+    named_env: Sequence[str] = (),
+    extra_binds: Sequence[Bind] = (),
+) -> ExecRequest:
+    """Everything the runtime needs to know, decided once for every backend.
+
+    `home` is the host folder of the fake home (None: no home mount); `named_env` names host
+    variables the caller owns (a kernel spec's `env`); `extra_binds` are the caller's own
+    (a connection file's folder).
+    """
+    inside_home = home_inside() if home is not None else None
+    workdir = workdir_mount(cwd, inside_home)
+    binds = [*extra_binds, *user_binds(settings.binds)]
+    if workdir:
+        binds.append(workdir)
+    env = container_environment(
+        host_env, named=named_env, patterns=settings.pass_env, values=settings.env
+    )
+    return ExecRequest(
+        image=check_image(settings.image),
+        command=list(command),
+        env=env,
+        binds=_dedupe(binds),
+        home=Bind(str(home), inside_home) if home is not None and inside_home else None,
+        workdir=workdir.dst if workdir else "/",
+        cleanenv=settings.cleanenv,
+        gpu=settings.gpu,
+        extra_args=list(settings.runtime_args),
+    )
+
+
+def build_launch(
+    runtime: Runtime, request: ExecRequest, *, cwd: str, host_env: Mapping[str, str]
+) -> Launch:
+    """The final command. The runtime process starts in `/` when the working directory is mounted
+    elsewhere, so the runtime's own current-directory mount cannot cover the fake home."""
+    argv, env = runtime.exec_command(request, host_env)
+    start_in = cwd if request.workdir == cwd else "/"
+    return Launch(argv, env, start_in)
+
+
+def _dedupe(binds: list[Bind]) -> list[Bind]:
+    """One bind per destination (the working directory is often the connection file's folder)."""
+    seen: dict[str, Bind] = {}
+    for bind in binds:
+        seen.setdefault(bind.dst, bind)
+    return list(seen.values())

@@ -1,0 +1,111 @@
+"""The settings every face shares: one set of traits for the provisioner, the magics and the CLI.
+
+Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_config.py`
+(`c.ContainerSettings.binds = [...]` reaches every face), or with `%config ContainerMagics.x`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from traitlets import Bool, CaselessStrEnum, Dict, List, TraitError, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .errors import ContainerKernelError
+from .runtimes.base import parse_bind
+
+HOME_MODES = ("persistent", "temporary", "none")
+
+
+class ContainerSettings(LoggingConfigurable):
+    """How to run a command in a container image; shared by every face of container-kernel."""
+
+    image = Unicode(
+        "",
+        config=True,
+        help="""The container image: a SIF file, a sandbox or Charliecloud directory, or a URI the
+        runtime understands (docker://..., oras://...). Required.""",
+    )
+    runtime = CaselessStrEnum(
+        ["auto", "apptainer", "singularity", "charliecloud"],
+        default_value="auto",
+        config=True,
+        help="""Which container runtime runs the image. 'auto' takes apptainer, then singularity,
+        then charliecloud (ch-run), whichever is found first on PATH.""",
+    )
+    runtime_path = Unicode(
+        "",
+        config=True,
+        help="Path of the runtime executable when it is not on PATH.",
+    )
+    binds = List(
+        Unicode(),
+        config=True,
+        help="""Extra host paths to bind into the container, each 'SRC[:DST[:ro|rw]]'. The working
+        directory (the notebook's folder) and the kernel's connection file are bound already.""",
+    )
+    env = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="Variables to set inside the container, passed literally (never shell-evaluated).",
+    )
+    pass_env = List(
+        Unicode(),
+        config=True,
+        help="""Glob patterns of host variable names allowed into the container (e.g. 'OMP_*',
+        'CUDA_VISIBLE_DEVICES'). Empty by default: nothing from the host passes unless named.""",
+    )
+    cleanenv = Bool(
+        True,
+        config=True,
+        help="""Start from a clean environment (--cleanenv). Turn off only if you really want every
+        host variable, tokens and PYTHONPATH included, inside the container.""",
+    )
+    home = Unicode(
+        "persistent",
+        config=True,
+        help="""The home directory inside the container, never the real one. 'persistent': a
+        per-kernel-spec directory under home_root, kept between sessions; 'temporary': a fresh
+        directory removed at shutdown (kept across restarts); 'none': no home mount; or a host
+        path to use as the home.""",
+    )
+    home_root = Unicode(
+        config=True,
+        help="""Where persistent fake homes live, one folder per kernel spec.
+        Default: <jupyter data dir>/container-kernel/homes.""",
+    )
+    gpu = Bool(
+        False,
+        config=True,
+        help="""Make the host's NVIDIA GPUs usable inside (--nv). Pass CUDA_VISIBLE_DEVICES with
+        pass_env if the scheduler sets it. For AMD, add '--rocm' to runtime_args.""",
+    )
+    runtime_args = List(
+        Unicode(),
+        config=True,
+        help="Extra arguments for the runtime's exec command, placed before the image.",
+    )
+
+    @default("home_root")
+    def _default_home_root(self) -> str:
+        from jupyter_core.paths import jupyter_data_dir
+
+        return str(Path(jupyter_data_dir(), "container-kernel", "homes"))
+
+    @validate("binds")
+    def _validate_binds(self, proposal):
+        for spec in proposal.value:
+            try:
+                parse_bind(spec)
+            except ContainerKernelError as err:
+                raise TraitError(str(err)) from None
+        return proposal.value
+
+    @validate("home")
+    def _validate_home(self, proposal):
+        value = proposal.value
+        if value not in HOME_MODES and not value.startswith(("/", "~")):
+            msg = f"home must be one of {', '.join(HOME_MODES)} or an absolute path, not {value!r}."
+            raise TraitError(msg)
+        return value

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real test image (built once, cached outside the repo), the apptainer
+test double, and isolated Jupyter folders with a kernel spec that uses the provisioner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOUBLE_DIR = REPO / "tests" / "apptainer_double"
+IMAGE_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "container-kernel/images"
+)
+
+
+@pytest.fixture(scope="session")
+def image() -> Path:
+    """A Debian root filesystem with its own python3 and ipykernel (scripts/build-image)."""
+    out = subprocess.run(
+        [REPO / "scripts" / "build-image", IMAGE_DIR / "bookworm-ipykernel"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, f"building the test image failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def apptainer_double() -> Path:
+    return DOUBLE_DIR / "apptainer"
+
+
+@pytest.fixture
+def runtime_on_path(monkeypatch, apptainer_double):
+    """Only the test double answers to `apptainer` (a real one would hide it)."""
+    monkeypatch.setenv("PATH", f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}")
+    return apptainer_double
+
+
+@pytest.fixture
+def real_home_tmp():
+    """A folder inside the user's real home, removed afterwards: the place a fake home must hide."""
+    path = Path.home() / f".container-kernel-test-{os.getpid()}-{os.urandom(3).hex()}"
+    path.mkdir(mode=0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def jupyter_dirs(tmp_path, monkeypatch, real_home_tmp):
+    """Isolated Jupyter folders; connection files live under the real home, as by default."""
+    dirs = {
+        "JUPYTER_PATH": tmp_path / "jupyter-path",
+        "JUPYTER_DATA_DIR": tmp_path / "jupyter-data",
+        "JUPYTER_RUNTIME_DIR": real_home_tmp / "runtime",
+    }
+    for variable, path in dirs.items():
+        path.mkdir(mode=0o700)
+        monkeypatch.setenv(variable, str(path))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return dirs
+
+
+@pytest.fixture
+def kernel_spec(jupyter_dirs, image, runtime_on_path):
+    """Write a kernel spec running ipykernel in the test image: a function (name, **config)."""
+
+    def write(name: str = "ck-test", **config) -> str:
+        folder = jupyter_dirs["JUPYTER_PATH"] / "kernels" / name
+        folder.mkdir(parents=True)
+        spec = {
+            "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python 3 ({Path(image).name})",
+            "language": "python",
+            "interrupt_mode": "signal",
+            "env": config.pop("spec_env", {}),
+            "metadata": {
+                "kernel_provisioner": {
+                    "provisioner_name": "container-provisioner",
+                    "config": {"image": str(image), **config},
+                }
+            },
+        }
+        (folder / "kernel.json").write_text(json.dumps(spec))
+        return name
+
+    return write

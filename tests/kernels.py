@@ -1,0 +1,47 @@
+"""Start a kernel through jupyter_client, run code in it, read what it printed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from jupyter_client import BlockingKernelClient, KernelManager
+
+
+@contextlib.contextmanager
+def running_kernel(name: str, cwd: str) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(cwd=cwd)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+
+
+def run(kc: BlockingKernelClient, code: str, timeout: float = 60) -> str:
+    """Execute `code`; return its stdout, raising if the cell raised."""
+    out: list[str] = []
+    errors: list[str] = []
+
+    def hook(msg):
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            out.append(content["text"])
+        elif kind == "error":
+            errors.append(f"{content['ename']}: {content['evalue']}")
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    if reply["content"]["status"] == "error" and not errors:
+        errors.append(reply["content"].get("ename", "error"))
+    if errors:
+        raise KernelError(errors[0])
+    return "".join(out)
+
+
+class KernelError(Exception):
+    """The cell raised inside the kernel."""
