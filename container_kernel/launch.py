@@ -65,7 +65,7 @@ def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
     covers_home = inside_home is not None and (
         inside_home == cwd or inside_home.startswith(cwd.rstrip("/") + "/")
     )
-    return Bind(cwd, NOTEBOOK_MOUNT if covers_home else cwd)
+    return Bind(cwd, NOTEBOOK_MOUNT if covers_home else cwd, staging="notebook")
 
 
 def build_request(
@@ -97,7 +97,7 @@ def build_request(
         command=list(command),
         env=env,
         binds=_dedupe(binds),
-        home=Bind(str(home), inside_home) if home is not None and inside_home else None,
+        home=Bind(str(home), inside_home, staging="home") if home and inside_home else None,
         workdir=workdir.dst if workdir else "/",
         cleanenv=settings.cleanenv,
         gpu=settings.gpu,

@@ -57,7 +57,8 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         runtime = find_runtime(self.runtime, self.runtime_path)
         command = self._command_inside(kwargs["cmd"])
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-        host_env = kwargs["env"]
+        # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel inside needs it too.
+        host_env = {**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())}
         request = build_request(
             self,
             command,
@@ -89,7 +90,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         if not connection_file:
             return []
         folder = os.path.dirname(os.path.realpath(connection_file))
-        return [Bind(folder, folder)]
+        return [Bind(folder, folder, staging="connection")]
 
     def _home(self) -> Path | None:
         if self.home != "temporary":

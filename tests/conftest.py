@@ -36,11 +36,15 @@ def apptainer_double() -> Path:
     return DOUBLE_DIR / "apptainer"
 
 
-@pytest.fixture
-def runtime_on_path(monkeypatch, apptainer_double):
-    """Only the test double answers to `apptainer` (a real one would hide it)."""
-    monkeypatch.setenv("PATH", f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}")
-    return apptainer_double
+@pytest.fixture(params=["apptainer", "charliecloud"])
+def runtime(request, monkeypatch) -> str:
+    """Each integration test runs on both: the apptainer test double and real ch-run."""
+    if request.param == "apptainer":  # the double comes first on PATH, before any real one
+        monkeypatch.setenv("PATH", f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}")
+    else:
+        assert shutil.which("ch-run"), "ch-run is missing: apt-get install charliecloud-runtime"
+        monkeypatch.delenv("USER", raising=False)  # as in CI: the provisioner must cope
+    return request.param
 
 
 @pytest.fixture
@@ -68,7 +72,7 @@ def jupyter_dirs(tmp_path, monkeypatch, real_home_tmp):
 
 
 @pytest.fixture
-def kernel_spec(jupyter_dirs, image, runtime_on_path):
+def kernel_spec(jupyter_dirs, image, runtime):
     """Write a kernel spec running ipykernel in the test image: a function (name, **config)."""
 
     def write(name: str = "ck-test", **config) -> str:
@@ -83,7 +87,7 @@ def kernel_spec(jupyter_dirs, image, runtime_on_path):
             "metadata": {
                 "kernel_provisioner": {
                     "provisioner_name": "container-provisioner",
-                    "config": {"image": str(image), **config},
+                    "config": {"image": str(image), "runtime": runtime, **config},
                 }
             },
         }

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 
 
 @contextlib.contextmanager
 def running_kernel(name: str, cwd: str) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km = KernelManager(kernel_name=name)
+    # Where Jupyter Server puts connection files (a standalone KernelManager uses /tmp).
+    connection_file = Path(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+    km = KernelManager(kernel_name=name, connection_file=str(connection_file))
     km.start_kernel(cwd=cwd)
     kc = km.client()
     kc.start_channels()

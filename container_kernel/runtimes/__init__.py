@@ -12,8 +12,8 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ContainerKernelError
-from . import apptainer
-from .base import Bind, ExecRequest, parse_bind
+from . import apptainer, charliecloud
+from .base import Bind, ExecRequest, parse_bind, with_user
 
 __all__ = ["Bind", "ExecRequest", "Runtime", "find_runtime", "parse_bind"]
 
@@ -21,8 +21,9 @@ __all__ = ["Bind", "ExecRequest", "Runtime", "find_runtime", "parse_bind"]
 BACKENDS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
     "apptainer": (apptainer, ("apptainer",)),
     "singularity": (apptainer, ("singularity",)),
+    "charliecloud": (charliecloud, charliecloud.EXECUTABLES),
 }
-AUTO_ORDER = ("apptainer", "singularity")
+AUTO_ORDER = ("apptainer", "singularity", "charliecloud")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _name_of(executable: str) -> str:
     for name, (_, executables) in BACKENDS.items():
         if base in executables:
             return name
-    return "apptainer"
+    return "apptainer"  # a renamed or wrapped Apptainer/Singularity, most likely
 
 
 def _detect(backend: ModuleType, executable: str) -> Runtime:
@@ -84,7 +85,12 @@ def _flavour(backend: ModuleType, executable: str, _mtime_ns: int) -> Any:
     """Run `--version` once per binary (and again only if the binary changes)."""
     try:
         out = subprocess.run(
-            [executable, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [executable, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=with_user(os.environ),
         )
     except OSError as err:
         msg = f"Cannot run {executable} --version: {err.strerror}."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +19,9 @@ class Bind:
     src: str
     dst: str
     read_only: bool = False
+    # A name under which a runtime that cannot create `dst` may mount it instead (our own
+    # folders: home, notebook, connection); None for user binds, which must go where asked.
+    staging: str | None = None
 
     def spec(self) -> str:
         """The `SRC:DST[:ro]` form every runtime's bind flag understands."""
@@ -57,3 +62,8 @@ class ExecRequest:
     cleanenv: bool = True
     gpu: bool = False
     extra_args: Sequence[str] = ()
+
+
+def with_user(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with `USER` set: ch-run refuses to start without it, and services often lack it."""
+    return {"USER": pwd.getpwuid(os.getuid()).pw_name, **env}

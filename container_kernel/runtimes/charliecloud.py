@@ -1,0 +1,125 @@
+"""Charliecloud (`ch-run`), an unprivileged HPC runtime: directory images, explicit everything.
+
+Quirks handled here: ch-run passes the host environment unless told (`--unset-env=*`), expands
+`$` in `--set-env` unless `--env-no-expand`, refuses to start without `$USER`, cannot create a
+mount point: it must exist, in the image or on the host under a bind (/tmp is one), and has no
+read-only binds or GPU flag. Folders the launch layer lets move (`Bind.staging`) are bound under
+a staging folder in `/tmp` when their own path cannot be created; paths in the command follow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ContainerKernelError
+from .base import Bind, ExecRequest, with_user
+
+EXECUTABLES = ("ch-run",)
+HOST_TMP = Bind("/tmp", "/tmp")  # ch-run's /tmp is the host's
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    version: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"charliecloud {'.'.join(map(str, self.version))}"
+
+
+def parse_version(text: str) -> Flavour:
+    if match := re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text):
+        return Flavour("charliecloud", tuple(int(n or 0) for n in match.groups()))
+    msg = f"Cannot tell which Charliecloud this is from `ch-run --version`: {text.strip()!r}."
+    raise ContainerKernelError(msg)
+
+
+def staging_root() -> str:
+    """Shared empty mount points on the host's /tmp, one set per user (mounts are per container)."""
+    return f"/tmp/.container-kernel-{os.getuid()}"
+
+
+def exec_command(
+    executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and the ch-run process's environment that run `request`."""
+    _refuse_unsupported(request)
+    image = Path(request.image)
+    if not image.is_dir():
+        msg = f"ch-run here runs directory images; {image} is not one (unpack it with ch-convert)."
+        raise ContainerKernelError(msg)
+
+    moved: dict[str, str] = {}  # destination -> where it really goes inside
+    binds: list[Bind] = []
+    for bind in ([request.home] if request.home else []) + list(request.binds):
+        placed = _place(image, replace(bind, dst=_follow(bind.dst, moved)), binds)
+        if placed.dst != bind.dst:
+            moved[bind.dst] = placed.dst
+        binds.append(placed)
+
+    argv = [executable]
+    if request.cleanenv:
+        argv.append("--unset-env=*")
+    argv.append("--env-no-expand")
+    env = {"PATH": DEFAULT_PATH} if request.cleanenv else {}
+    if request.home:
+        env["HOME"] = _follow(request.home.dst, moved)
+    env.update(request.env)
+    argv += [f"--set-env={name}={value}" for name, value in env.items()]
+    for bind in binds:
+        argv += ["-b", f"{bind.src}:{bind.dst}"]
+    if request.workdir:
+        argv += ["-c", _follow(request.workdir, moved)]
+    argv += [*request.extra_args, str(image), "--", *(_follow(a, moved) for a in request.command)]
+
+    return argv, with_user(host_env)
+
+
+def _refuse_unsupported(request: ExecRequest) -> None:
+    if request.gpu:
+        msg = "ch-run has no GPU flag: add the host's GPU libraries to the image (ch-fromhost)."
+        raise ContainerKernelError(msg)
+    if read_only := [b.spec() for b in request.binds if b.read_only]:
+        msg = f"ch-run cannot bind read-only: {', '.join(read_only)}; drop ':ro' or use Apptainer."
+        raise ContainerKernelError(msg)
+
+
+def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
+    """Where `bind` can be mounted: its own destination if ch-run can create it, else staged."""
+    if _can_mount_at(image, bind.dst, earlier):
+        return bind
+    if bind.staging:
+        staged = Path(staging_root(), bind.staging)
+        staged.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return replace(bind, dst=str(staged))
+    msg = (
+        f"ch-run cannot create {bind.dst} in the read-only image {image}: bind {bind.src} to a "
+        "destination that exists in the image or is under /tmp."
+    )
+    raise ContainerKernelError(msg)
+
+
+def _can_mount_at(image: Path, dst: str, earlier: list[Bind]) -> bool:
+    """ch-run mounts only over an existing folder: in the image, or on the host for a path
+    under another bind (the host's /tmp is one)."""
+    for bind in [*reversed(earlier), HOST_TMP]:
+        if _within(dst, bind.dst):
+            return os.path.isdir(bind.src + dst[len(bind.dst) :])
+    return (image / dst.lstrip("/")).is_dir()
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _follow(path: str, moved: Mapping[str, str]) -> str:
+    """`path` after the moves of staged binds (the longest moved folder that holds it wins)."""
+    for old in sorted(moved, key=len, reverse=True):
+        if _within(path, old):
+            return moved[old] + path[len(old) :]
+    return path

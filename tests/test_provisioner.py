@@ -1,0 +1,223 @@
+"""Real kernels in a real root filesystem, started by jupyter_client through the provisioner."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client import KernelManager
+from kernels import KernelError, run, running_kernel
+
+from container_kernel.errors import ContainerKernelError
+
+PROBE = "import os, sys; print(sys.executable, os.environ.get('HOME'), os.getcwd())"
+
+
+@pytest.fixture
+def notebook_dir(tmp_path) -> Path:
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    (folder / "data.txt").write_text("from the notebook folder")
+    return folder
+
+
+def test_kernel_runs_the_images_python_in_a_clean_environment(
+    kernel_spec, notebook_dir, image, monkeypatch
+):
+    monkeypatch.setenv("CK_SENTINEL", "leaked")
+    monkeypatch.setenv("PYTHONSTARTUP", "/nonexistent/startup.py")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "secret-token")
+    monkeypatch.setenv("CK_ALLOWED_1", "passed by pattern")
+    name = kernel_spec(
+        pass_env=["CK_ALLOWED_*"],
+        env={"CK_LITERAL": "$(echo evaluated) `id` \"q\" 'x', ünï"},
+        spec_env={"CK_FROM_SPEC": "spec value"},
+    )
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        out = run(kc, "import os, sys, json; print(json.dumps([sys.executable, dict(os.environ)]))")
+    executable, env = json.loads(out)
+    assert executable == "/usr/bin/python3"
+    assert Path(image, executable.lstrip("/")).exists()
+    assert executable != sys.executable
+    for leaked in ("CK_SENTINEL", "PYTHONSTARTUP", "JUPYTERHUB_API_TOKEN", "PYTHONPATH"):
+        assert leaked not in env
+    assert env["CK_ALLOWED_1"] == "passed by pattern"
+    assert env["CK_LITERAL"] == "$(echo evaluated) `id` \"q\" 'x', ünï"
+    assert env["CK_FROM_SPEC"] == "spec value"
+    assert env["PYTHONNOUSERSITE"] == "1"
+    assert env["JPY_PARENT_PID"] == str(os.getpid())
+
+
+def test_fake_home_is_private_writable_and_persists(
+    kernel_spec, notebook_dir, jupyter_dirs, real_home_tmp
+):
+    secret = real_home_tmp / "real-home-secret.txt"
+    secret.write_text("must stay on the host")
+    name = kernel_spec("ck-home")
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        home = run(kc, "import os; print(os.environ['HOME'])").strip()
+        run(kc, "open(os.path.expanduser('~/kept.txt'), 'w').write('written inside')")
+        visible = run(kc, f"print(os.path.exists({str(secret)!r}))").strip()
+    assert home == pwd.getpwuid(os.getuid()).pw_dir
+    assert visible == "False"
+    host_home = jupyter_dirs["JUPYTER_DATA_DIR"] / "container-kernel" / "homes" / name
+    assert (host_home / "kept.txt").read_text() == "written inside"
+    assert host_home.stat().st_mode & 0o777 == 0o700
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        run(kc, "import os")
+        assert run(
+            kc, "print(open('/'.join([os.environ['HOME'], 'kept.txt'])).read())"
+        ).strip() == ("written inside")
+
+
+def test_temporary_home_survives_restart_and_goes_at_shutdown(kernel_spec, notebook_dir):
+    name = kernel_spec("ck-temp", home="temporary")
+    with running_kernel(name, str(notebook_dir)) as (km, kc):
+        run(kc, "import os; open(os.path.expanduser('~/x'), 'w').write('1')")
+        host_home = Path(km.provisioner._temporary_home)
+        assert (host_home / "x").exists()
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        assert (
+            run(kc, "import os; print(os.path.exists(os.path.expanduser('~/x')))").strip() == "True"
+        )
+    assert not host_home.exists()
+
+
+def test_relative_paths_resolve_in_the_notebook_folder(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (_, kc):
+        out = run(kc, "import os; print(os.getcwd()); print(open('data.txt').read())")
+    assert out.split("\n")[:2] == [str(notebook_dir), "from the notebook folder"]
+
+
+def test_connection_file_is_private_and_visible_inside(kernel_spec, notebook_dir):
+    read_own_connection_file = (
+        "import sys, json; print(json.load(open(sys.argv[sys.argv.index('-f') + 1]))['key'])"
+    )
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        key_inside = run(kc, read_own_connection_file).strip()
+        mode = os.stat(km.connection_file).st_mode & 0o777
+    assert key_inside == km.session.key.decode()
+    assert mode & 0o077 == 0
+
+
+def test_interrupt_reaches_the_kernel_once_and_the_next_cell_runs(kernel_spec, notebook_dir):
+    code = """
+import time
+hits = 0
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    hits += 1
+    try:
+        time.sleep(1.5)  # a second, forwarded SIGINT would land here
+    except KeyboardInterrupt:
+        hits += 1
+print('interrupts', hits)
+"""
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        msg_id = kc.execute(code)
+        time.sleep(2)
+        started = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=20)
+        elapsed = time.monotonic() - started
+        output = _stdout_of(kc, msg_id)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert "interrupts 1" in output
+        assert elapsed < 10
+        assert run(kc, "print(6 * 7)").strip() == "42"
+
+
+def _stdout_of(kc, msg_id) -> str:
+    text = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=10)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            text.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(text)
+
+
+def test_shutdown_leaves_no_process(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        # A grandchild that ignores SIGTERM: only a group kill can remove it.
+        run(kc, "import subprocess; subprocess.Popen(['sh', '-c', 'trap \"\" TERM; sleep 300'])")
+        pgid = km.provisioner.pgid
+        assert _group_members(pgid)
+    assert _wait_until_empty(pgid) == []
+
+
+def test_restart_gives_a_fresh_kernel(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        run(kc, "x = 1")
+        old_pid = km.provisioner.pid
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        with pytest.raises(KernelError, match="NameError"):
+            run(kc, "x")
+        assert km.provisioner.pid != old_pid
+        assert _wait_until_empty(old_pid) == []
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def _wait_until_empty(pgid: int, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (members := _group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return members
+
+
+def test_missing_image_fails_at_once_with_a_clear_message(kernel_spec, notebook_dir, tmp_path):
+    name = kernel_spec(image=str(tmp_path / "missing.sif"))
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(ContainerKernelError, match=r"Image not found: .*missing\.sif"):
+        km.start_kernel(cwd=str(notebook_dir))
+
+
+def test_missing_runtime_fails_with_what_to_do(kernel_spec, notebook_dir, monkeypatch, tmp_path):
+    name = kernel_spec()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(ContainerKernelError, match=r"No container runtime found: .* not on PATH"):
+        km.start_kernel(cwd=str(notebook_dir))
+
+
+def test_malformed_bind_fails_before_anything_starts(kernel_spec, notebook_dir):
+    km = KernelManager(kernel_name=kernel_spec(binds=["relative/path:/x:rw"]))
+    with pytest.raises(Exception, match=r"Malformed bind 'relative/path:/x:rw'"):
+        km.start_kernel(cwd=str(notebook_dir))
+
+
+def test_image_without_ipykernel_reports_the_kernels_own_error(kernel_spec, notebook_dir):
+    name = kernel_spec()
+    spec_file = Path(os.environ["JUPYTER_PATH"], "kernels", name, "kernel.json")
+    spec = json.loads(spec_file.read_text())
+    spec["argv"] = ["python3", "-m", "no_such_kernel_module", "-f", "{connection_file}"]
+    spec_file.write_text(json.dumps(spec))
+    km = KernelManager(kernel_name=name)
+    started = time.monotonic()
+    with pytest.raises(ContainerKernelError, match="No module named no_such_kernel_module"):
+        km.start_kernel(cwd=str(notebook_dir))
+    assert time.monotonic() - started < 10
+    km.cleanup_resources()
