@@ -14,7 +14,7 @@ from pathlib import Path
 from .environment import container_environment
 from .errors import ContainerKernelError
 from .homes import home_inside
-from .runtimes import Bind, ExecRequest, Runtime, parse_bind
+from .runtimes import Bind, ExecRequest, Runtime, find_runtime, parse_bind
 from .settings import ContainerSettings
 
 # Where the working directory goes when binding it at its own path would hide the fake home
@@ -29,6 +29,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str
+    runtime: Runtime
 
 
 def check_image(image: str) -> str:
@@ -105,14 +106,33 @@ def build_request(
     )
 
 
-def build_launch(
-    runtime: Runtime, request: ExecRequest, *, cwd: str, host_env: Mapping[str, str]
+def plan(
+    settings: ContainerSettings,
+    command: Sequence[str],
+    *,
+    cwd: str,
+    home: Path | None,
+    host_env: Mapping[str, str],
+    named_env: Sequence[str] = (),
+    extra_binds: Sequence[Bind] = (),
 ) -> Launch:
-    """The final command. The runtime process starts in `/` when the working directory is mounted
-    elsewhere, so the runtime's own current-directory mount cannot cover the fake home."""
+    """The whole command that runs `command` in the container (arguments: see build_request).
+
+    The runtime process starts in `/` when the working directory is mounted elsewhere, so the
+    runtime's own current-directory mount cannot cover the fake home.
+    """
+    runtime = find_runtime(settings.runtime, settings.runtime_path)
+    request = build_request(
+        settings,
+        command,
+        cwd=cwd,
+        home=home,
+        host_env=host_env,
+        named_env=named_env,
+        extra_binds=extra_binds,
+    )
     argv, env = runtime.exec_command(request, host_env)
-    start_in = cwd if request.workdir == cwd else "/"
-    return Launch(argv, env, start_in)
+    return Launch(argv, env, cwd if request.workdir == cwd else "/", runtime)
 
 
 def _dedupe(binds: list[Bind]) -> list[Bind]:

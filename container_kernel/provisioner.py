@@ -24,8 +24,8 @@ from traitlets import Float
 
 from . import homes
 from .errors import ContainerKernelError
-from .launch import build_launch, build_request
-from .runtimes import Bind, find_runtime
+from .launch import plan
+from .runtimes import Bind
 from .settings import ContainerSettings
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -54,23 +54,19 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             raise
 
     def _containerise(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        runtime = find_runtime(self.runtime, self.runtime_path)
-        command = self._command_inside(kwargs["cmd"])
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-        # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel inside needs it too.
-        host_env = {**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())}
-        request = build_request(
+        launch = plan(
             self,
-            command,
+            self._command_inside(kwargs["cmd"]),
             cwd=cwd,
             home=self._home(),
-            host_env=host_env,
+            # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel inside needs it too.
+            host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
             named_env=list(self.kernel_spec.env),
             extra_binds=self._connection_binds(),
         )
-        launch = build_launch(runtime, request, cwd=cwd, host_env=host_env)
         self.log.info(
-            "container-kernel: starting %s in %s with %s", self.kernel_id, self.image, runtime
+            "container-kernel: %s in %s with %s", self.kernel_id, self.image, launch.runtime
         )
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
