@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,12 +22,10 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float
 
 from . import homes
-from .errors import ContainerKernelError
+from .errors import ContainerKernelError, runtime_message
 from .launch import plan
 from .runtimes import Bind
 from .settings import ContainerSettings
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ContainerProvisioner(ContainerSettings, LocalProvisioner):
@@ -124,8 +121,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             await asyncio.sleep(0.05)
 
     def startup_failure(self, status: int) -> str:
-        lines = [_ANSI.sub("", line).strip() for line in self._stderr_tail or ()]
-        detail = " | ".join(line for line in lines if line) or "no message on stderr"
+        detail = runtime_message(self._stderr_tail or ())
         return f"Kernel in {self.image} exited at start (status {status}): {detail}"
 
     async def _kernel_listening(self) -> bool:

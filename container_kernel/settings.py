@@ -109,3 +109,47 @@ class ContainerSettings(LoggingConfigurable):
             msg = f"home must be one of {', '.join(HOME_MODES)} or an absolute path, not {value!r}."
             raise TraitError(msg)
         return value
+
+
+# Command-line spelling of the settings, shared by the CLI and the %%container magic:
+# (flags, trait, argparse keywords). Help texts come from the traits themselves.
+ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
+    (("--runtime",), "runtime", {"choices": ["auto", "apptainer", "singularity", "charliecloud"]}),
+    (("--runtime-path",), "runtime_path", {"metavar": "PATH"}),
+    (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]"}),
+    (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE"}),
+    (("--pass-env",), "pass_env", {"action": "append", "metavar": "PATTERN"}),
+    (("--home",), "home", {"metavar": "persistent|temporary|none|PATH"}),
+    (("--home-root",), "home_root", {"metavar": "DIR"}),
+    (("--no-cleanenv",), "cleanenv", {"action": "store_false", "default": None}),
+    (("--gpu",), "gpu", {"action": "store_true", "default": None}),
+    (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG"}),
+]
+
+
+def add_settings_arguments(add_argument) -> None:
+    """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments')."""
+    for flags, trait, keywords in ARGUMENTS:
+        help_text = " ".join(ContainerSettings.class_traits()[trait].help.split())
+        add_argument(*flags, dest=trait, help=help_text, **keywords)
+
+
+def settings_from_arguments(namespace) -> dict:
+    """The settings given on a command line (flags left out are absent, not defaults)."""
+    values = {}
+    for _, trait, _ in ARGUMENTS:
+        value = getattr(namespace, trait, None)
+        if value is None:
+            continue
+        if trait == "env":
+            value = dict(_name_value(item) for item in value)
+        values[trait] = value
+    return values
+
+
+def _name_value(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.isidentifier():
+        msg = f"--env takes NAME=VALUE, not {item!r}."
+        raise ContainerKernelError(msg)
+    return name, value
