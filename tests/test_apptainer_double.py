@@ -283,14 +283,36 @@ def start(apptainer_double, image, *command):
     )
 
 
-@pytest.mark.parametrize(("send", "expected"), [("parent", 1), ("group", 2)])
-def test_interrupt_counts(apptainer_double, image, send, expected):
+def test_interrupting_the_parent_interrupts_the_payload_once(apptainer_double, image):
     proc = start(apptainer_double, image, "python3", "-c", INTERRUPT_LOOP)
     assert proc.stdout.readline() == "ready\n"
-    if send == "parent":
-        os.kill(proc.pid, signal.SIGINT)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert (int(out), proc.returncode) == (1, 0)
+
+
+# A real-time signal queues where two SIGINTs may merge: it counts deliveries exactly.
+RT_COUNTER = """
+import signal, sys, time
+count = 0
+def hit(*_):
+    global count
+    count += 1
+signal.signal(signal.SIGRTMIN + 1, hit)
+print("ready", flush=True)
+time.sleep(1.5)
+print(count, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("send", "expected"), [("parent", 1), ("group", 2)])
+def test_group_signals_reach_the_payload_directly_and_forwarded(
+    apptainer_double, image, send, expected
+):
+    proc = start(apptainer_double, image, "python3", "-c", RT_COUNTER)
+    assert proc.stdout.readline() == "ready\n"
+    kill = os.kill if send == "parent" else os.killpg
+    kill(proc.pid, signal.SIGRTMIN + 1)
     out, _ = proc.communicate(timeout=20)
     assert (int(out), proc.returncode) == (expected, 0)
 

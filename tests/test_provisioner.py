@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,16 @@ print('interrupts', hits)
         assert "interrupts 1" in output
         assert elapsed < 10
         assert run(kc, "print(6 * 7)").strip() == "42"
+
+
+def test_a_signal_reaches_the_kernel_exactly_once(kernel_spec, notebook_dir):
+    # A real-time signal queues (two SIGINTs may merge): it counts deliveries exactly.
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        run(kc, "import signal; hits = []")
+        run(kc, "signal.signal(signal.SIGRTMIN + 1, lambda *_: hits.append(1))")
+        km.signal_kernel(signal.SIGRTMIN + 1)
+        time.sleep(0.5)
+        assert run(kc, "print(len(hits))").strip() == "1"
 
 
 def _stdout_of(kc, msg_id) -> str:
