@@ -6,6 +6,7 @@ Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from traitlets import Bool, CaselessStrEnum, Dict, List, TraitError, Unicode, default, validate
@@ -20,11 +21,12 @@ HOME_MODES = ("persistent", "temporary", "none")
 class ContainerSettings(LoggingConfigurable):
     """How to run a command in a container image; shared by every face of container-kernel."""
 
+    image_env = "CONTAINER_KERNEL_IMAGE"
     image = Unicode(
-        "",
         config=True,
         help="""The container image: a SIF file, a sandbox or Charliecloud directory, or a URI the
-        runtime understands (docker://..., oras://...). Required.""",
+        runtime understands (docker://..., oras://...). Required; defaults to
+        $CONTAINER_KERNEL_IMAGE.""",
     )
     runtime = CaselessStrEnum(
         ["auto", "apptainer", "singularity", "charliecloud"],
@@ -86,6 +88,10 @@ class ContainerSettings(LoggingConfigurable):
         config=True,
         help="Extra arguments for the runtime's exec command, placed before the image.",
     )
+
+    @default("image")
+    def _default_image(self) -> str:
+        return os.environ.get(self.image_env, "")
 
     @default("home_root")
     def _default_home_root(self) -> str:
