@@ -232,3 +232,16 @@ def test_image_without_ipykernel_reports_the_kernels_own_error(kernel_spec, note
         km.start_kernel(cwd=str(notebook_dir))
     assert time.monotonic() - started < 10
     km.cleanup_resources()
+
+
+def test_notebook_in_the_home_folder_keeps_the_fake_home(kernel_spec, real_home_tmp):
+    real_home = real_home_tmp.parent
+    (real_home_tmp / "only-here").write_text("real home")
+    marker = f"{real_home_tmp.name}/only-here"  # a file that exists only in the real home
+    with running_kernel(kernel_spec("ck-home-nb"), str(real_home)) as (_, kc):
+        out = run(
+            kc, f"import os; print(os.path.isfile({marker!r}), os.getcwd() != os.environ['HOME'])"
+        )
+        in_home = run(kc, f"print(os.path.exists(os.path.join(os.environ['HOME'], {marker!r})))")
+    assert out.split() == ["True", "True"]  # relative paths resolve in the notebook's folder
+    assert in_home.strip() == "False"  # and $HOME is still the fake one

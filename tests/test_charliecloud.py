@@ -1,0 +1,89 @@
+"""ch-run's argv, pinned: clean environment, literal values, binds it can mount, staging."""
+
+from __future__ import annotations
+
+import pytest
+
+from container_kernel.errors import ContainerKernelError
+from container_kernel.runtimes.base import Bind, ExecRequest
+from container_kernel.runtimes.charliecloud import Flavour, exec_command, parse_version
+
+FLAVOUR = Flavour("charliecloud", (0, 31, 0))
+
+
+@pytest.fixture
+def image(tmp_path):
+    root = tmp_path / "image"
+    for folder in ("root", "usr/bin", "tmp"):
+        (root / folder).mkdir(parents=True)
+    return root
+
+
+def test_parse_version():
+    assert parse_version("0.31\n") == FLAVOUR
+    with pytest.raises(ContainerKernelError, match="Cannot tell which Charliecloud"):
+        parse_version("ch-run: error: $USER not set")
+
+
+def test_argv_clean_env_literal_values_and_binds(image, tmp_path):
+    home = tmp_path / "fake-home"
+    (home / ".local/share/jupyter/runtime").mkdir(parents=True)
+    request = ExecRequest(
+        image=str(image),
+        command=["python3", "-f", "/root/.local/share/jupyter/runtime/k.json"],
+        env={"A": "$(id) $HOME"},
+        home=Bind(str(home), "/root", staging="home"),
+        binds=[Bind("/host/rt", "/root/.local/share/jupyter/runtime", staging="connection")],
+        workdir="/tmp/nb",
+    )
+    argv, env = exec_command("ch-run", FLAVOUR, request, {"PATH": "/bin"})
+    assert argv == [
+        "ch-run", "--unset-env=*", "--env-no-expand",
+        "--set-env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--set-env=HOME=/root", "--set-env=A=$(id) $HOME",
+        "-b", f"{home}:/root", "-b", "/host/rt:/root/.local/share/jupyter/runtime",
+        "-c", "/tmp/nb", str(image), "--",
+        "python3", "-f", "/root/.local/share/jupyter/runtime/k.json",
+    ]  # fmt: skip
+    assert env["USER"]  # ch-run refuses to start without it
+    assert env["PATH"] == "/bin"
+
+
+def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        "container_kernel.runtimes.charliecloud.staging_root", lambda: str(tmp_path / "stage")
+    )
+    request = ExecRequest(
+        image=str(image),
+        command=["python3", "-f", "/home/me/.jupyter/rt/k.json"],
+        home=Bind("/host/fake", "/home/me", staging="home"),  # /home is not in the image
+        binds=[Bind("/host/rt", "/home/me/.jupyter/rt", staging="connection")],
+        workdir="/home/me",
+    )
+    argv, _ = exec_command("ch-run", FLAVOUR, request, {})
+    stage = tmp_path / "stage"
+    assert f"--set-env=HOME={stage}/home" in argv
+    assert argv[argv.index("-c") + 1] == f"{stage}/home"
+    assert argv[-1] == f"{stage}/connection/k.json"
+    assert f"/host/rt:{stage}/connection" in argv
+    assert (stage / "home").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (ExecRequest(image="IMG", command=["x"], gpu=True), "no GPU flag"),
+        (ExecRequest(image="IMG", command=["x"], binds=[Bind("/d", "/d", True)]), "read-only"),
+        (
+            ExecRequest(image="IMG", command=["x"], binds=[Bind("/d", "/not/in/image")]),
+            "cannot create /not/in/image",
+        ),
+        (ExecRequest(image="FILE", command=["x"]), "directory images"),
+    ],
+)
+def test_what_ch_run_cannot_do_is_said_at_start(image, tmp_path, request_, message):
+    sif = tmp_path / "image.sif"
+    sif.write_bytes(b"")
+    path = {"IMG": str(image), "FILE": str(sif)}[request_.image]
+    with pytest.raises(ContainerKernelError, match=message):
+        exec_command("ch-run", FLAVOUR, ExecRequest(**{**request_.__dict__, "image": path}), {})
