@@ -4,17 +4,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 IMAGE := $(shell echo $${XDG_CACHE_HOME:-$$HOME/.cache})/container-kernel/images/bookworm-ipykernel
 
-.PHONY: venv image test lint demo clean
+.PHONY: system-packages venv image test lint demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-venv: $(BIN)/python
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
 
-image:
-	scripts/build-image $(IMAGE)
+system-packages:
+	@scripts/system-packages
+
+image: system-packages
+	@scripts/build-image $(IMAGE) >/dev/null
+
+demo: venv image
+	$(BIN)/python scripts/demo.py --image $(IMAGE)
 
 lint: venv
 	$(BIN)/ruff check .

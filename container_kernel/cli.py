@@ -42,10 +42,14 @@ def probe(settings: ContainerSettings, interpreter: str = "python3") -> str:
 def cmd_install(args: argparse.Namespace) -> int:
     settings = ContainerSettings(image=check_image(args.image), **settings_from_arguments(args))
     name = args.name or kernelspec.default_kernel_name(args.image)
+    spec = kernelspec.kernel_dict(settings, args.display_name, args.python)
+    where = {"user": not args.system, "prefix": args.prefix}
+    if kernelspec.installed_unchanged(spec, kernelspec.destination(name, **where)):
+        print(f"Kernel spec {name!r} is installed already, unchanged.")
+        return 0
     if args.check:
         print(f"checking {settings.image}: {probe(settings, args.python)}")
-    spec = kernelspec.kernel_dict(settings, args.display_name, args.python)
-    folder = kernelspec.install(spec, name, user=not args.system, prefix=args.prefix)
+    folder = kernelspec.install(spec, name, **where)
     print(f"Installed kernel spec {name!r} ({spec['display_name']}) in {folder}")
     return 0
 

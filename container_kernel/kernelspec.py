@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
 from .settings import ContainerSettings
 
@@ -59,6 +60,22 @@ def write_kernel_spec(folder: Path, spec: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
     return folder
+
+
+def destination(name: str, *, user: bool = True, prefix: str | None = None) -> Path:
+    """The folder `install` writes, by jupyter_client's rules."""
+    if prefix:
+        return Path(prefix, "share", "jupyter", "kernels", name)
+    root = jupyter_data_dir() if user else SYSTEM_JUPYTER_PATH[0]
+    return Path(root, "kernels", name)
+
+
+def installed_unchanged(spec: dict[str, Any], folder: Path) -> bool:
+    """True when `folder` already holds exactly this spec: a rerun then changes nothing."""
+    try:
+        return json.loads((folder / "kernel.json").read_text()) == spec
+    except (OSError, ValueError):
+        return False
 
 
 def install(
