@@ -1,0 +1,71 @@
+"""Where the provisioner's signals go, shown on plain processes (deterministic, no kernel).
+
+Interrupts and SIGTERM go to the runtime parent only (it forwards them: signalling the whole
+group would deliver them twice); SIGKILL and cleanup take the whole process group.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpec
+
+from container_kernel.provisioner import ContainerProvisioner
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def wait_dead(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+@pytest.fixture
+def runtime_parent():
+    """A parent with a child in its own new process group, as jupyter_client starts kernels."""
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    child = int(proc.stdout.readline())
+    provisioner = ContainerProvisioner(
+        kernel_id="k", kernel_spec=KernelSpec(argv=["python3"], language="python"), parent=None
+    )
+    provisioner.process, provisioner.pid, provisioner.pgid = proc, proc.pid, proc.pid
+    yield provisioner, proc, child
+    subprocess.run(["kill", "-9", f"-{proc.pid}"], check=False, capture_output=True)
+    proc.stdout.close()
+    proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_signals_go_to_the_runtime_parent_only(runtime_parent, signum):
+    provisioner, proc, child = runtime_parent
+    await provisioner.send_signal(signum)
+    proc.wait(timeout=5)
+    assert alive(child)  # LocalProvisioner's os.killpg would have reached it directly
+
+
+async def test_kill_takes_the_whole_group(runtime_parent):
+    provisioner, _, child = runtime_parent
+    await provisioner.kill()
+    assert wait_dead(child)
+
+
+async def test_cleanup_removes_orphans_left_in_the_group(runtime_parent):
+    provisioner, proc, child = runtime_parent
+    proc.terminate()  # the runtime parent exits; its child lives on in the group
+    proc.wait(timeout=5)
+    assert alive(child)
+    await provisioner.cleanup(restart=False)
+    assert wait_dead(child)
