@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +35,13 @@ def wait_dead(pid: int, timeout: float = 5) -> bool:
 @pytest.fixture
 def runtime_parent():
     """A parent with a child in its own new process group, as jupyter_client starts kernels."""
+    # Not `sh -c 'sleep 60 &'`: a shell's background job ignores SIGINT.
+    parent = (
+        "import subprocess; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); "
+        "p.wait()"
+    )
     proc = subprocess.Popen(
-        ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, start_new_session=True
     )
     child = int(proc.stdout.readline())
     provisioner = ContainerProvisioner(
