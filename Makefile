@@ -30,6 +30,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: venv image lint
+	@scripts/system-packages --tests
 	$(BIN)/python -m pytest
 
 clean:

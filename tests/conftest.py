@@ -32,6 +32,24 @@ def image() -> Path:
 
 
 @pytest.fixture(scope="session")
+def squashfs_image(image) -> Path:
+    """The test image as one SquashFS file (ch-run mounts it with squashfuse), made once."""
+    sqfs = image.with_suffix(".sqfs")
+    if (
+        not sqfs.exists()
+        or sqfs.stat().st_mtime < (image / ".container-kernel-image").stat().st_mtime
+    ):
+        partial = sqfs.with_suffix(".sqfs.partial")
+        subprocess.run(
+            ["mksquashfs", image, partial, "-comp", "lz4", "-noappend", "-quiet", "-no-progress"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        partial.rename(sqfs)
+    return sqfs
+
+
+@pytest.fixture(scope="session")
 def apptainer_double() -> Path:
     return DOUBLE_DIR / "apptainer"
 

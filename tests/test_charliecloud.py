@@ -78,7 +78,7 @@ def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_
             ExecRequest(image="IMG", command=["x"], binds=[Bind("/d", "/not/in/image")]),
             "cannot create /not/in/image",
         ),
-        (ExecRequest(image="FILE", command=["x"]), "directory images"),
+        (ExecRequest(image="FILE", command=["x"]), "directory or SquashFS images"),
     ],
 )
 def test_what_ch_run_cannot_do_is_said_at_start(image, tmp_path, request_, message):
@@ -87,3 +87,20 @@ def test_what_ch_run_cannot_do_is_said_at_start(image, tmp_path, request_, messa
     path = {"IMG": str(image), "FILE": str(sif)}[request_.image]
     with pytest.raises(ContainerKernelError, match=message):
         exec_command("ch-run", FLAVOUR, ExecRequest(**{**request_.__dict__, "image": path}), {})
+
+
+def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        "container_kernel.runtimes.charliecloud.staging_root", lambda: str(tmp_path / "stage")
+    )
+    sqfs = tmp_path / "image.sqfs"
+    sqfs.write_bytes(b"hsqs" + bytes(100))
+    request = ExecRequest(
+        image=str(sqfs),
+        command=["python3"],
+        home=Bind("/host/fake", "/root", staging="home"),
+        binds=[Bind("/scratch", "/scratch")],
+    )
+    argv, _ = exec_command("ch-run", FLAVOUR, request, {})
+    assert f"--set-env=HOME={tmp_path}/stage/home" in argv
+    assert "/scratch:/scratch" in argv

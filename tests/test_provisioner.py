@@ -245,3 +245,12 @@ def test_notebook_in_the_home_folder_keeps_the_fake_home(kernel_spec, real_home_
         in_home = run(kc, f"print(os.path.exists(os.path.join(os.environ['HOME'], {marker!r})))")
     assert out.split() == ["True", "True"]  # relative paths resolve in the notebook's folder
     assert in_home.strip() == "False"  # and $HOME is still the fake one
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)  # the double runs directories
+def test_squashfs_image_on_charliecloud(kernel_spec, squashfs_image, notebook_dir):
+    name = kernel_spec("ck-sqfs", image=str(squashfs_image))
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        out = run(kc, "import os, sys; print(sys.executable, open('data.txt').read())")
+        run(kc, "open(os.path.join(os.environ['HOME'], 'kept.txt'), 'w').write('1')")
+    assert out.strip() == "/usr/bin/python3 from the notebook folder"

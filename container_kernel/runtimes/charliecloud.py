@@ -1,4 +1,4 @@
-"""Charliecloud (`ch-run`), an unprivileged HPC runtime: directory images, explicit everything.
+"""Charliecloud (`ch-run`), an unprivileged HPC runtime: directory and SquashFS images.
 
 Quirks handled here: ch-run passes the host environment unless told (`--unset-env=*`), expands
 `$` in `--set-env` unless `--env-no-expand`, refuses to start without `$USER`, cannot create a
@@ -50,8 +50,8 @@ def exec_command(
     """The argv and the ch-run process's environment that run `request`."""
     _refuse_unsupported(request)
     image = Path(request.image)
-    if not image.is_dir():
-        msg = f"ch-run here runs directory images; {image} is not one (unpack it with ch-convert)."
+    if not (image.is_dir() or _is_squashfs(image)):
+        msg = f"ch-run runs directory or SquashFS images; {image} is neither (see ch-convert)."
         raise ContainerKernelError(msg)
 
     moved: dict[str, str] = {}  # destination -> where it really goes inside
@@ -90,8 +90,13 @@ def _refuse_unsupported(request: ExecRequest) -> None:
 
 
 def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
-    """Where `bind` can be mounted: its own destination if ch-run can create it, else staged."""
-    if _can_mount_at(image, bind.dst, earlier):
+    """Where `bind` can be mounted: its own destination if ch-run can mount there, else staged.
+
+    Inside a SquashFS file nothing is known without mounting it: our own folders are staged,
+    user binds go where asked (ch-run's own error reports a missing destination).
+    """
+    mountable = _can_mount_at(image, bind.dst, earlier)
+    if mountable or (mountable is None and not bind.staging):
         return bind
     if bind.staging:
         staged = Path(staging_root(), bind.staging)
@@ -104,13 +109,23 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
     raise ContainerKernelError(msg)
 
 
-def _can_mount_at(image: Path, dst: str, earlier: list[Bind]) -> bool:
+def _can_mount_at(image: Path, dst: str, earlier: list[Bind]) -> bool | None:
     """ch-run mounts only over an existing folder: in the image, or on the host for a path
-    under another bind (the host's /tmp is one)."""
+    under another bind (the host's /tmp is one). None: unknown (inside a SquashFS file)."""
     for bind in [*reversed(earlier), HOST_TMP]:
         if _within(dst, bind.dst):
             return os.path.isdir(bind.src + dst[len(bind.dst) :])
+    if not image.is_dir():
+        return None
     return (image / dst.lstrip("/")).is_dir()
+
+
+def _is_squashfs(path: Path) -> bool:
+    try:
+        with path.open("rb") as image:
+            return image.read(4) == b"hsqs"
+    except OSError:
+        return False
 
 
 def _within(path: str, folder: str) -> bool:
