@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
-JUPYTER_PREFIX = "JPY_"
+# jupyter_client's own variables (not JupyterHub's JPY_API_TOKEN, a secret under an old name).
+JUPYTER_OWN = frozenset({"JPY_PARENT_PID", "JPY_SESSION_NAME"})
 
 # Set inside every container: a fake home may still sit beside a real ~/.local (cwd binds).
 ALWAYS = {"PYTHONNOUSERSITE": "1"}
@@ -18,15 +19,15 @@ def container_environment(
     patterns: Iterable[str] = (),
     values: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables to set inside: Jupyter's `JPY_*`, the `named` ones (a kernel spec's `env`),
-    host variables matching `patterns`, then the explicit `values`. Everything else stays out.
+    """The variables to set inside: jupyter_client's own, the `named` ones (a kernel spec's
+    `env`), host variables matching `patterns`, then the explicit `values`. Nothing else.
     """
     patterns = list(patterns)
     named = set(named)
     chosen = {
         name: value
         for name, value in host_env.items()
-        if name.startswith(JUPYTER_PREFIX)
+        if name in JUPYTER_OWN
         or name in named
         or any(fnmatchcase(name, pattern) for pattern in patterns)
     }

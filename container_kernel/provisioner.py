@@ -1,8 +1,8 @@
 """`ContainerProvisioner`: jupyter_client's LocalProvisioner, with the kernel run in a container.
 
 It wraps only what it must: the command and environment (pre_launch), where signals go
-(send_signal), a start-up check that reports the runtime's own error, and cleanup of the fake
-home and of any process left in the kernel's group.
+(send_signal), a start-up check that reports the runtime's own error, and the removal of what
+a kernel leaves: its private folders and any process left in its group.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from pathlib import Path
@@ -39,32 +41,29 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     )
 
     _temporary_home: Path | None = None
+    _connection_dir: Path | None = None  # this kernel's own copy of its connection file
+    _restarting = False
     _stderr_tail: deque[str] | None = None
+    _stderr_reader: threading.Thread | None = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
         kwargs = await super().pre_launch(**kwargs)
-        try:
-            return self._containerise(kwargs)
-        except ContainerKernelError as err:
-            self.log.error("container-kernel: %s", err)
-            raise
-
-    def _containerise(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
+        command, connection_bind = self._private_connection_file(
+            self._command_inside(kwargs["cmd"])
+        )
         launch = plan(
             self,
-            self._command_inside(kwargs["cmd"]),
+            command,
             cwd=cwd,
             home=self._home(),
             # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel inside needs it too.
             host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
             named_env=list(self.kernel_spec.env),
-            extra_binds=self._connection_binds(),
+            extra_binds=[connection_bind],
         )
-        self.log.info(
-            "container-kernel: %s in %s with %s", self.kernel_id, self.image, launch.runtime
-        )
+        self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
         self._kernel_cwd = cwd
@@ -77,13 +76,19 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             return [spec_argv0, *cmd[1:]]
         return list(cmd)
 
-    def _connection_binds(self) -> list[Bind]:
-        """The connection file's folder, at its own path, so `{connection_file}` holds inside."""
-        connection_file = getattr(self.parent, "connection_file", "")
-        if not connection_file:
-            return []
-        folder = os.path.dirname(os.path.realpath(connection_file))
-        return [Bind(folder, folder, staging="connection")]
+    def _private_connection_file(self, command: list[str]) -> tuple[list[str], Bind]:
+        """Copy the connection file into a folder of this kernel's own, and point the command
+        there: binding Jupyter's runtime folder would show the kernel every other kernel's key
+        and the server's token."""
+        original = os.path.realpath(self.parent.connection_file)
+        if self._connection_dir is None:
+            self._connection_dir = Path(tempfile.mkdtemp(prefix="container-kernel-"))
+        copy = self._connection_dir / os.path.basename(original)
+        shutil.copyfile(original, copy)  # again at each restart: ports may be new
+        copy.chmod(0o600)
+        folder = str(self._connection_dir)
+        command = [str(copy) if arg == original else arg for arg in command]
+        return command, Bind(folder, folder, staging="connection")
 
     def _home(self) -> Path | None:
         if self.home != "temporary":
@@ -94,33 +99,50 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         return self._temporary_home
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
-        """Start the runtime, keeping a tail of its stderr (still echoed to the server's log)."""
-        kwargs["stderr"] = subprocess.PIPE
+        """Start the runtime, then wait until the kernel listens or dies: a kernel that dies at
+        start fails the start with the runtime's message (before jupyter_client's restarter
+        starts, which would otherwise relaunch it in a loop)."""
+        capture = kwargs.get("stderr") is None
+        if capture:
+            kwargs["stderr"] = subprocess.PIPE
         connection_info = await super().launch_kernel(cmd, **kwargs)
         self.cwd = self._kernel_cwd
-        # The tee thread owns the pipe: LocalProvisioner.wait() must not close it under the thread.
+        if capture:
+            self._tee_stderr()
+        status = await self._wait_for_listening()
+        if status is None:
+            self._restarting = False
+            return connection_info
+        message = await self._startup_failure(status)
+        if self._restarting:  # let the restarter count this death and give up at its limit
+            self.log.error("container-kernel: %s", message)
+            return connection_info
+        await self.cleanup(restart=False)
+        raise ContainerKernelError(message)
+
+    def _tee_stderr(self) -> None:
+        # The reader owns the pipe: LocalProvisioner.wait() must not close it under the thread.
         stream, self.process.stderr = self.process.stderr, None
         self._stderr_tail = deque(maxlen=20)
-        threading.Thread(target=_tee, args=(stream, self._stderr_tail), daemon=True).start()
-        return connection_info
+        self._stderr_reader = threading.Thread(
+            target=_tee, args=(stream, self._stderr_tail), daemon=True
+        )
+        self._stderr_reader.start()
 
-    async def post_launch(self, **kwargs: Any) -> None:
-        """Fail the start at once, with the runtime's message, if the kernel dies while starting."""
-        await super().post_launch(**kwargs)
+    async def _wait_for_listening(self) -> int | None:
+        """None once the kernel listens on its heartbeat port; its exit status if it dies first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.startup_check_timeout
         while loop.time() < deadline:
             status = await self.poll()
-            if status is not None:
-                await asyncio.sleep(0.05)  # let the tee thread read the last lines
-                message = self.startup_failure(status)
-                self.log.error("container-kernel: %s", message)
-                raise ContainerKernelError(message)
-            if await self._kernel_listening():
-                return
+            if status is not None or await self._kernel_listening():
+                return status
             await asyncio.sleep(0.05)
+        return None
 
-    def startup_failure(self, status: int) -> str:
+    async def _startup_failure(self, status: int) -> str:
+        if self._stderr_reader is not None:  # read the runtime's last words first
+            await asyncio.to_thread(self._stderr_reader.join, 2)
         detail = runtime_message(self._stderr_tail or ())
         return f"Kernel in {self.image} exited at start (status {status}): {detail}"
 
@@ -136,6 +158,13 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         writer.close()
         return True
 
+    async def poll(self) -> int | None:
+        """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped
+        (while its group id cannot be reused), kill what it left in its process group."""
+        if self.process and self.process.returncode is None and _exited(self.process.pid):
+            self._kill_group()
+        return await super().poll()
+
     async def send_signal(self, signum: int) -> None:
         """Signal the runtime parent only: it forwards to the kernel. Signalling the whole
         group, as LocalProvisioner does, delivers an interrupt twice. SIGKILL takes the group."""
@@ -145,11 +174,13 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         await super().send_signal(signum)
 
     async def cleanup(self, restart: bool = False) -> None:
-        """Remove what the kernel leaves: orphans in its process group, a temporary home."""
-        self._kill_group()
-        if not restart and self._temporary_home is not None:
-            homes.remove_home(self._temporary_home)
-            self._temporary_home = None
+        """Remove this kernel's private folders at shutdown; keep them across a restart."""
+        self._restarting = restart
+        if not restart:
+            for folder in (self._temporary_home, self._connection_dir):
+                if folder is not None:
+                    homes.remove_home(folder)
+            self._temporary_home = self._connection_dir = None
         await super().cleanup(restart=restart)
 
     def _kill_group(self) -> None:
@@ -157,6 +188,14 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         if self.pgid and self.pgid != os.getpgid(0):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, signal.SIGKILL)
+
+
+def _exited(pid: int) -> bool:
+    """True if child `pid` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
 
 
 def _tee(stream, tail: deque[str]) -> None:

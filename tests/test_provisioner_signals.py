@@ -6,6 +6,8 @@ group would deliver them twice); SIGKILL and cleanup take the whole process grou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -49,7 +51,8 @@ def runtime_parent():
     )
     provisioner.process, provisioner.pid, provisioner.pgid = proc, proc.pid, proc.pid
     yield provisioner, proc, child
-    subprocess.run(["kill", "-9", f"-{proc.pid}"], check=False, capture_output=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.stdout.close()
     proc.wait()
 
@@ -68,10 +71,12 @@ async def test_kill_takes_the_whole_group(runtime_parent):
     assert wait_dead(child)
 
 
-async def test_cleanup_removes_orphans_left_in_the_group(runtime_parent):
+async def test_poll_removes_orphans_once_the_runtime_parent_has_exited(runtime_parent):
     provisioner, proc, child = runtime_parent
-    proc.terminate()  # the runtime parent exits; its child lives on in the group
-    proc.wait(timeout=5)
+    os.kill(proc.pid, signal.SIGTERM)  # the runtime parent exits; its child lives on in the group
+    deadline = time.monotonic() + 5
+    while alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert alive(child)
-    await provisioner.cleanup(restart=False)
+    assert await provisioner.poll() == -signal.SIGTERM
     assert wait_dead(child)
