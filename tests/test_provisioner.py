@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -11,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from jupyter_client import KernelManager
+from jupyter_client import AsyncKernelManager, KernelManager
+from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from kernels import KernelError, run, running_kernel
+from traitlets import TraitError
 
 from container_kernel.errors import ContainerKernelError
 
@@ -33,6 +36,7 @@ def test_kernel_runs_the_images_python_in_a_clean_environment(
     monkeypatch.setenv("CK_SENTINEL", "leaked")
     monkeypatch.setenv("PYTHONSTARTUP", "/nonexistent/startup.py")
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "secret-token")
+    monkeypatch.setenv("JPY_API_TOKEN", "secret-token")  # JupyterHub's old name for it
     monkeypatch.setenv("CK_ALLOWED_1", "passed by pattern")
     name = kernel_spec(
         pass_env=["CK_ALLOWED_*"],
@@ -45,7 +49,7 @@ def test_kernel_runs_the_images_python_in_a_clean_environment(
     assert executable == "/usr/bin/python3"
     assert Path(image, executable.lstrip("/")).exists()
     assert executable != sys.executable
-    for leaked in ("CK_SENTINEL", "PYTHONSTARTUP", "JUPYTERHUB_API_TOKEN", "PYTHONPATH"):
+    for leaked in ("CK_SENTINEL", "PYTHONSTARTUP", "JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"):
         assert leaked not in env
     assert env["CK_ALLOWED_1"] == "passed by pattern"
     assert env["CK_LITERAL"] == "$(echo evaluated) `id` \"q\" 'x', ünï"
@@ -96,15 +100,20 @@ def test_relative_paths_resolve_in_the_notebook_folder(kernel_spec, notebook_dir
     assert out.split("\n")[:2] == [str(notebook_dir), "from the notebook folder"]
 
 
-def test_connection_file_is_private_and_visible_inside(kernel_spec, notebook_dir):
+def test_kernel_sees_its_own_connection_file_and_no_other(kernel_spec, notebook_dir, jupyter_dirs):
+    server_secret = jupyter_dirs["JUPYTER_RUNTIME_DIR"] / "jpserver-1.json"
+    server_secret.write_text('{"token": "server-token"}')
     read_own_connection_file = (
-        "import sys, json; print(json.load(open(sys.argv[sys.argv.index('-f') + 1]))['key'])"
+        "import sys, json; f = sys.argv[sys.argv.index('-f') + 1]; "
+        "print(json.load(open(f))['key'], oct(os.stat(f).st_mode & 0o777))"
     )
     with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
-        key_inside = run(kc, read_own_connection_file).strip()
-        mode = os.stat(km.connection_file).st_mode & 0o777
+        run(kc, "import os")
+        key_inside, mode = run(kc, read_own_connection_file).split()
+        sees_server = run(kc, f"print(os.path.exists({str(server_secret)!r}))").strip()
     assert key_inside == km.session.key.decode()
-    assert mode & 0o077 == 0
+    assert mode == "0o600"
+    assert sees_server == "False"
 
 
 def test_interrupt_reaches_the_kernel_once_and_the_next_cell_runs(kernel_spec, notebook_dir):
@@ -216,7 +225,7 @@ def test_missing_runtime_fails_with_what_to_do(kernel_spec, notebook_dir, monkey
 
 def test_malformed_bind_fails_before_anything_starts(kernel_spec, notebook_dir):
     km = KernelManager(kernel_name=kernel_spec(binds=["relative/path:/x:rw"]))
-    with pytest.raises(Exception, match=r"Malformed bind 'relative/path:/x:rw'"):
+    with pytest.raises(TraitError, match=r"Malformed bind 'relative/path:/x:rw'"):
         km.start_kernel(cwd=str(notebook_dir))
 
 
@@ -254,3 +263,58 @@ def test_squashfs_image_on_charliecloud(kernel_spec, squashfs_image, notebook_di
         out = run(kc, "import os, sys; print(sys.executable, open('data.txt').read())")
         run(kc, "open(os.path.join(os.environ['HOME'], 'kept.txt'), 'w').write('1')")
     assert out.strip() == "/usr/bin/python3 from the notebook folder"
+
+
+def _broken_spec(kernel_spec, **config) -> str:
+    """A kernel spec whose kernel dies at start (its module does not exist in the image)."""
+    name = kernel_spec("ck-broken", **config)
+    spec_file = Path(os.environ["JUPYTER_PATH"], "kernels", name, "kernel.json")
+    spec = json.loads(spec_file.read_text())
+    spec["argv"] = ["python3", "-m", "no_such_kernel_module", "-f", "{connection_file}"]
+    spec_file.write_text(json.dumps(spec))
+    return name
+
+
+async def test_failed_start_in_a_server_leaves_nothing_and_does_not_loop(kernel_spec, notebook_dir):
+    # The manager class Jupyter Server uses: its restarter must not relaunch a kernel that
+    # never started, and the start must leave no folder and no process behind.
+    km = AsyncIOLoopKernelManager(kernel_name=_broken_spec(kernel_spec, home="temporary"))
+    with pytest.raises(ContainerKernelError, match="No module named no_such_kernel_module"):
+        await km.start_kernel(cwd=str(notebook_dir))
+    provisioner, failed_pid = km.provisioner, km.provisioner.pid
+    assert provisioner._temporary_home is None
+    assert provisioner._connection_dir is None
+    assert _group_members(provisioner.pgid) == []
+    await asyncio.sleep(km.restarter_class.time_to_dead.default_value + 0.5)  # one restarter round
+    assert provisioner.pid == failed_pid
+    assert not await km.is_alive()
+
+
+async def test_kernel_that_dies_later_leaves_no_process_and_restarts(kernel_spec, notebook_dir):
+    km = AsyncKernelManager(kernel_name=kernel_spec())
+    await km.start_kernel(cwd=str(notebook_dir))
+    try:
+        os.kill(km.provisioner.pid, signal.SIGKILL)  # the runtime parent dies: so does the kernel
+        assert await _wait_for(km.provisioner.poll, lambda status: status is not None)
+        assert _wait_until_empty(km.provisioner.pgid) == []
+        await km.restart_kernel(now=True)
+        assert await km.is_alive()
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def _wait_for(probe, done, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(await probe()):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_shutdown_now_kills_everything(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        run(kc, "import subprocess; subprocess.Popen(['sleep', '300'])")
+        pgid = km.provisioner.pgid
+        km.shutdown_kernel(now=True)
+        assert _wait_until_empty(pgid) == []
