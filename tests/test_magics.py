@@ -1,0 +1,338 @@
+"""`%%container` and `%container` in an in-process IPython shell and in a real ipykernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing import globalipapp
+from kernels import run, running_kernel
+from nbclient import NotebookClient
+
+from container_kernel.magics import ContainerCellError, ContainerMagics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def notebook_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+    monkeypatch.delenv("CONTAINER_KERNEL_IMAGE", raising=False)
+    return folder
+
+
+@pytest.fixture
+def shell(notebook_dir):
+    """The in-process IPython shell with a fresh ContainerMagics (no configured image).
+
+    `%config` also writes the shell's config, which later instances read: cleared both ways."""
+    ip = globalipapp.get_ipython()  # the module attribute: the shell once started
+    sections = ("ContainerMagics", "ContainerSettings")
+    for section in sections:
+        ip.config.pop(section, None)
+    magics = ContainerMagics(shell=ip)
+    ip.register_magics(magics)
+    yield ip
+    ip.configurables.remove(magics)
+    for section in sections:
+        ip.config.pop(section, None)
+
+
+@pytest.fixture
+def ip(shell, image, runtime):
+    """The shell with the test image and the runtime under test configured through %config."""
+    shell.run_line_magic("config", f"ContainerMagics.image = {str(image)!r}")
+    shell.run_line_magic("config", f"ContainerMagics.runtime = {runtime!r}")
+    return shell
+
+
+def cell(ip, line: str, body: str):
+    """Run `%%container line` + body as a notebook cell; the exception it raised, if any."""
+    result = ip.run_cell(f"%%container {line}\n{body}")
+    return result.error_before_exec or result.error_in_exec
+
+
+def test_cell_runs_the_images_python_and_streams_live_line_by_line(ip, notebook_dir, monkeypatch):
+    writes: list[tuple[float, str, str]] = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, text):
+            writes.append((time.monotonic(), self.name, text))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder("out"))
+    monkeypatch.setattr(sys, "stderr", Recorder("err"))
+    body = (
+        "import os, sys, time\n"
+        "print(sys.executable, sys.version_info[:2], os.getcwd())\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "print('ünïcode ✓')\n"
+        "time.sleep(1.5)\n"
+        "print('last')\n"
+    )
+    assert cell(ip, "", body) is None
+    out = [text for _, name, text in writes if name == "out"]
+    err = [text for _, name, text in writes if name == "err"]
+    assert out == [f"/usr/bin/python3 (3, 11) {notebook_dir}\n", "ünïcode ✓\n", "last\n"]
+    assert err == ["to stderr\n"]
+    out_times = [t for t, name, _ in writes if name == "out"]
+    assert out_times[-1] - out_times[0] > 1.0, "the first line came only when the cell ended"
+
+
+def test_other_interpreters_and_the_line_magic(ip, capsys):
+    assert cell(ip, "bash", 'echo "bash $BASH_VERSION"; echo oops >&2') is None
+    out, err = capsys.readouterr()
+    assert out.startswith("bash 5.")
+    assert err == "oops\n"
+    ip.run_line_magic("container", "cat /etc/debian_version")
+    assert capsys.readouterr().out.startswith("12.")
+    ip.run_line_magic("container", "python3 -c 'import sys; print(sys.executable)'")
+    assert capsys.readouterr().out == "/usr/bin/python3\n"
+
+
+def test_non_zero_exit_raises_with_code_and_stderr_tail(ip, capsys):
+    body = "import sys\nfor i in range(30): print('line', i, file=sys.stderr)\nsys.exit(3)\n"
+    error = cell(ip, "", body)
+    assert isinstance(error, ContainerCellError)
+    assert error.returncode == 3
+    assert "exited with status 3" in str(error)
+    assert "line 29" in str(error)
+    assert "line 19" not in str(error)  # a tail, not the whole stderr
+    assert error._render_traceback_() == [f"ContainerCellError: {error}"]
+    error = cell(ip, "", "1 / 0\n")
+    assert isinstance(error, ContainerCellError)
+    assert "ZeroDivisionError: division by zero" in str(error)
+    assert cell(ip, "--no-raise-error bash", "exit 4") is None
+    assert cell(ip, "bash", "exit 0") is None
+
+
+def test_out_and_err_capture_instead_of_printing(ip, capsys):
+    assert cell(ip, "--out o --err e bash", "echo one; echo two >&2; echo three") is None
+    assert capsys.readouterr() == ("", "")
+    assert ip.user_ns["o"] == "one\nthree\n"
+    assert ip.user_ns["e"] == "two\n"
+
+
+def test_inputs_and_outputs_round_trip(ip, notebook_dir, monkeypatch):
+    # A class both sides can import: a module in the notebook's folder (bound in, the cwd).
+    (notebook_dir / "shapes_ck.py").write_text(
+        "class Point:\n"
+        "    def __init__(self, x, y): self.x, self.y = x, y\n"
+        "    def __eq__(self, other): return (self.x, self.y) == (other.x, other.y)\n"
+    )
+    monkeypatch.syspath_prepend(str(notebook_dir))
+    monkeypatch.delitem(sys.modules, "shapes_ck", raising=False)
+    ip.run_cell(
+        "from shapes_ck import Point\ndata = {'a': [1, 2], 'b': {'c': 'ü'}}\np = Point(1, 2)\n"
+    )
+    body = (
+        "import sys\n"
+        "assert sys.executable == '/usr/bin/python3'\n"
+        "data['added'] = True\n"
+        "q = Point(p.x + 10, p.y + 20)\n"
+    )
+    assert cell(ip, "-i data -i p -o data -o q", "from shapes_ck import Point\n" + body) is None
+    assert ip.user_ns["data"] == {"a": [1, 2], "b": {"c": "ü"}, "added": True}
+    assert ip.user_ns["q"] == ip.user_ns["Point"](11, 22)
+    assert type(ip.user_ns["q"]).__module__ == "shapes_ck"
+
+
+def test_values_that_cannot_cross_get_a_clear_error(ip):
+    ip.run_cell("import threading\nlock = threading.Lock()")
+    error = cell(ip, "-i lock", "pass")
+    assert isinstance(error, UsageError)
+    assert "-i lock: cannot send it" in str(error)
+    error = cell(ip, "-o inner", "import threading\ninner = threading.Lock()")
+    assert isinstance(error, ContainerCellError)
+    assert "-o inner: TypeError" in str(error)
+    error = cell(ip, "-o missing", "pass")
+    assert "-o missing: not defined in the cell" in str(error)
+
+
+def test_clean_environment_and_env_options(ip, capsys, monkeypatch):
+    monkeypatch.setenv("CK_SENTINEL", "leaked")
+    monkeypatch.setenv("CK_PASSED_1", "by pattern")
+    show = "import json, os\nprint(json.dumps(dict(os.environ)))\n"
+    assert cell(ip, "--env 'CK_SET=$(id) x' --pass-env 'CK_PASSED_*'", show) is None
+    env = json.loads(capsys.readouterr().out)
+    assert "CK_SENTINEL" not in env
+    assert env["CK_SET"] == "$(id) x"
+    assert env["CK_PASSED_1"] == "by pattern"
+    assert env["PYTHONNOUSERSITE"] == "1"
+    assert cell(ip, "--no-cleanenv", show) is None
+    assert json.loads(capsys.readouterr().out)["CK_SENTINEL"] == "leaked"
+
+
+def test_fake_home_persists_across_cells_temporary_does_not(ip, tmp_path, capsys, image):
+    write = "import os\nopen(os.path.expanduser('~/kept.txt'), 'w').write('kept')\n"
+    read = "import os\nprint(os.path.exists(os.path.expanduser('~/kept.txt')))\n"
+    assert cell(ip, "", write) is None
+    assert cell(ip, "", read) is None
+    assert capsys.readouterr().out == "True\n"
+    host_home = tmp_path / "jupyter-data" / "container-kernel" / "homes" / f"magic-{image.name}"
+    assert (host_home / "kept.txt").read_text() == "kept"
+    assert host_home.stat().st_mode & 0o777 == 0o700
+    assert cell(ip, "--home temporary", write) is None
+    assert cell(ip, "--home temporary", read) is None
+    assert capsys.readouterr().out == "False\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "No image"),
+        ("--runtime-path /nonexistent/apptainer IMG", "is not an executable"),
+        ("-B relative/path IMG", "Malformed bind"),
+        ("--env NOVALUE IMG", "--env takes NAME=VALUE"),
+        ("--home elsewhere IMG", "home must be one of"),
+        ("--runtime docker IMG", "invalid choice"),
+        ("/nonexistent/image.sif", "Image not found"),
+        ("-i x IMG bash", "-i/-o work only"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(shell, image, line, message):
+    error = cell(shell, line.replace("IMG", str(image)), "print(1)")
+    assert isinstance(error, UsageError)
+    assert message in str(error)
+    assert "\n" not in str(error)
+
+
+def test_line_magic_needs_a_command(shell, image):
+    with pytest.raises(UsageError, match="needs a COMMAND"):
+        shell.run_line_magic("container", str(image))
+
+
+def processes_with(token: str) -> list[int]:
+    """Live pids whose command line holds `token`, or whose process group is `token` (a pid).
+    Zombies are dead: an init that is slow to reap them (or none, in a PID namespace) is not
+    our concern."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state, _, group = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            continue
+        if state != "Z" and (token in cmdline or group == token):
+            found.append(int(entry.name))
+    return found
+
+
+def test_interrupt_stops_the_container_and_all_it_started(ip, notebook_dir, monkeypatch):
+    started: list[subprocess.Popen] = []
+
+    class Recording(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recording)
+    body = (
+        "import subprocess, time\n"
+        "subprocess.Popen(['sleep', '61.731'])\n"
+        "open('started', 'w').close()\n"
+        "print('start', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    def interrupt():
+        deadline = time.monotonic() + 30
+        while not (notebook_dir / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    begin = time.monotonic()
+    error = cell(ip, "", body)
+    assert isinstance(error, KeyboardInterrupt)
+    assert time.monotonic() - begin < 15
+    (proc,) = started
+    assert proc.returncode is not None
+    deadline = time.monotonic() + 5
+    while (left := processes_with("61.731") + processes_with(str(proc.pid))) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert left == []
+    assert cell(ip, "bash", "echo still usable") is None
+
+
+def test_kernel_interrupt_streams_stops_and_leaves_the_kernel_usable(
+    jupyter_dirs, notebook_dir, image, runtime
+):
+    code = (
+        "%load_ext container_kernel\n"
+        f"%config ContainerMagics.image = {str(image)!r}\n"
+        f"%config ContainerMagics.runtime = {runtime!r}\n"
+    )
+    with running_kernel("python3", str(notebook_dir)) as (km, kc):
+        run(kc, code)
+        kc.execute("%%container\nimport time\nprint('start', flush=True)\ntime.sleep(60)\n")
+        begin = time.monotonic()
+        while True:
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["msg_type"] == "stream" and "start" in msg["content"]["text"]:
+                break
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=15)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert time.monotonic() - begin < 15
+        assert run(kc, "print(6 * 7)") == "42\n"
+
+
+@pytest.fixture
+def ipython_config(tmp_path, monkeypatch, runtime) -> Path:
+    """An IPython profile whose config file picks the runtime under test for every face."""
+    ipython_dir = tmp_path / "ipython"
+    (ipython_dir / "profile_default").mkdir(parents=True)
+    config = ipython_dir / "profile_default" / "ipython_config.py"
+    config.write_text(f"c.ContainerSettings.runtime = {runtime!r}\n")
+    monkeypatch.setenv("IPYTHONDIR", str(ipython_dir))
+    return config
+
+
+def test_tour_notebook_runs_the_images_python(
+    jupyter_dirs, notebook_dir, ipython_config, image, monkeypatch
+):
+    """What CI checks: the tour, run by nbclient in the venv's own ipykernel, finds the image
+    through $CONTAINER_KERNEL_IMAGE and the runtime through an IPython config file."""
+    monkeypatch.setenv("CONTAINER_KERNEL_IMAGE", str(image))
+    notebook = nbformat.read(REPO / "notebooks" / "magic.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=120,
+        resources={"metadata": {"path": str(notebook_dir)}},
+    )
+    client.execute()
+    texts = [
+        output.get("text") or output.get("data", {}).get("text/plain", "")
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for output in c.get("outputs", [])
+    ]
+    image_python = next(text for text in texts if text.startswith("image:"))
+    assert image_python.split()[1] == "/usr/bin/python3"
+    assert image_python.split()[2].startswith("3.11.")
+    assert sys.executable not in image_python
+    host_python = next(text for text in texts if text.startswith("host:"))
+    assert host_python.split()[1] == sys.executable
+    assert "{'mon': 54.5, 'tue': 57.2}" in texts  # -i/-o
