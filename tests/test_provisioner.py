@@ -318,3 +318,11 @@ def test_shutdown_now_kills_everything(kernel_spec, notebook_dir):
         pgid = km.provisioner.pgid
         km.shutdown_kernel(now=True)
         assert _wait_until_empty(pgid) == []
+
+
+def test_notebook_folder_with_a_comma(kernel_spec, tmp_path):
+    folder = tmp_path / "data, 2024"
+    folder.mkdir()
+    (folder / "data.txt").write_text("found")
+    with running_kernel(kernel_spec(), str(folder)) as (_, kc):
+        assert run(kc, "print(open('data.txt').read())").strip() == "found"

@@ -70,18 +70,45 @@ def test_singularity_ce_310_uses_its_prefix_and_no_eval():
 
 @pytest.mark.parametrize(
     "flavour",
-    [
-        Flavour("singularity", (3, 4, 2)),
-        Flavour("singularity", (2, 6, 1)),
-        Flavour("apptainer", (1, 0, 2)),
-    ],
-)
-def test_runtimes_without_no_eval_get_escaped_values(flavour):
+    [Flavour("apptainer", (1, 0, 2)), Flavour("singularity-ce", (3, 8, 0)),
+     Flavour("singularity", (3, 8, 7))],
+)  # fmt: skip
+def test_one_round_of_evaluation_is_escaped(flavour):
     argv, env = exec_command("singularity", flavour, REQUEST, {})
     assert "--no-eval" not in argv
+    assert env[flavour.env_prefix + "SAFE"] == '\\$(touch /tmp/x) \\`id\\` \\"q\\" \\\\ ,'
+
+
+@pytest.mark.parametrize(
+    "flavour",
+    [Flavour("singularity", (3, 4, 2)), Flavour("singularity", (2, 6, 1)),
+     Flavour("singularity-ce", (3, 7, 4))],
+)  # fmt: skip
+def test_older_runtimes_take_only_values_that_arrive_unchanged(flavour):
+    with pytest.raises(ContainerKernelError, match="would evaluate SAFE="):
+        exec_command("singularity", flavour, REQUEST, {})
+    request = ExecRequest(
+        image="img",
+        command=["python3"],
+        env={"OMP_NUM_THREADS": "4", "DATA": "/scratch/x-1.2", "JPY_SESSION_NAME": "My nb.ipynb"},
+        home=Bind("/fake", "/root"),
+    )
+    argv, env = exec_command("singularity", flavour, request, {})
     assert "--home" in argv  # -B over $HOME is refused by 2.6; --home works everywhere
     prefix = flavour.env_prefix
-    assert env[prefix + "SAFE"] == '\\$(touch /tmp/x) \\`id\\` \\"q\\" \\\\ ,'
+    assert env == {prefix + "OMP_NUM_THREADS": "4", prefix + "DATA": "/scratch/x-1.2"}
+
+
+def test_paths_bind_cannot_express():
+    notebook = Bind("/data, 2024", "/data, 2024", staging="notebook")
+    request = ExecRequest(image="img", command=["x"], binds=[notebook], workdir="/data, 2024")
+    argv, _ = exec_command("apptainer", Flavour("apptainer", (1, 4, 5)), request, {})
+    assert "--bind" not in argv  # the runtime starts there and mounts its current folder itself
+    assert argv[argv.index("--pwd") + 1] == "/data, 2024"
+    for bind in (Bind("/a:b", "/x"), Bind("/data, 2024", "/d")):
+        with pytest.raises(ContainerKernelError, match="',' or ':'"):
+            exec_command("apptainer", Flavour("apptainer", (1, 4, 5)),
+                         ExecRequest(image="img", command=["x"], binds=[bind]), {})  # fmt: skip
 
 
 def test_no_home_and_gpu_and_keep_env():
