@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-IMAGE := $(shell echo $${XDG_CACHE_HOME:-$$HOME/.cache})/container-kernel/images/bookworm-ipykernel
 
 .PHONY: system-packages venv image test lint demo clean
 
@@ -20,10 +19,10 @@ system-packages:
 	@scripts/system-packages
 
 image: system-packages
-	@scripts/build-image $(IMAGE) >/dev/null
+	@scripts/build-image >/dev/null
 
 demo: venv image
-	$(BIN)/python scripts/demo.py --image $(IMAGE)
+	$(BIN)/python scripts/demo.py --image "$$(scripts/build-image)"
 
 lint: venv
 	$(BIN)/ruff check .

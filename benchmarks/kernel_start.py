@@ -24,32 +24,28 @@ from pathlib import Path
 from jupyter_client import KernelManager
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGE = Path(
-    os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-    "container-kernel/images/bookworm-ipykernel",
-)
 KERNEL = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 
-def hand_written_argv(runtime: str, home: str, runtime_dir: str, cwd: str) -> list[str]:
+def hand_written_argv(image: str, runtime: str, home: str, runtime_dir: str, cwd: str) -> list[str]:
     """What a user would write by hand today: clean env, fake home, binds, no provisioner."""
     if runtime == "charliecloud":
         return ["ch-run", "--unset-env=*", "--env-no-expand", "--set-env=HOME=/root",
                 "-b", f"{home}:/root", "-b", f"{runtime_dir}:{runtime_dir}", "-c", cwd,
-                str(IMAGE), "--", *KERNEL]  # fmt: skip
+                image, "--", *KERNEL]  # fmt: skip
     return ["apptainer", "exec", "--cleanenv", "--no-eval", "--home", f"{home}:/root",
-            "--bind", runtime_dir, "--pwd", cwd, str(IMAGE), *KERNEL]  # fmt: skip
+            "--bind", runtime_dir, "--pwd", cwd, image, *KERNEL]  # fmt: skip
 
 
-def write_specs(root: Path, runtime: str, home: str, runtime_dir: str, cwd: str) -> None:
+def write_specs(root: Path, image: str, runtime: str, *, home: str, runtime_dir: str, cwd: str):
     specs = {
-        "hand-written": {"argv": hand_written_argv(runtime, home, runtime_dir, cwd)},
+        "hand-written": {"argv": hand_written_argv(image, runtime, home, runtime_dir, cwd)},
         "container-kernel": {
             "argv": KERNEL,
             "metadata": {
                 "kernel_provisioner": {
                     "provisioner_name": "container-provisioner",
-                    "config": {"image": str(IMAGE), "runtime": runtime, "home": home},
+                    "config": {"image": image, "runtime": runtime, "home": home},
                 }
             },
         },
@@ -79,7 +75,9 @@ def main() -> None:
     parser.add_argument("--runtime", default="charliecloud", choices=["charliecloud", "apptainer"])
     parser.add_argument("-n", type=int, default=10, help="starts per kernel spec")
     args = parser.parse_args()
-    subprocess.run([REPO / "scripts" / "build-image", IMAGE], check=True, capture_output=True)
+    image = subprocess.run(
+        [REPO / "scripts" / "build-image"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     if args.runtime == "apptainer":
         os.environ["PATH"] = f"{REPO}/tests/apptainer_double:{os.environ['PATH']}"
     os.environ.setdefault("USER", "root")
@@ -88,7 +86,9 @@ def main() -> None:
         home, runtime_dir, cwd = (root / "home", root / "runtime", root / "cwd")
         for folder in (home, runtime_dir, cwd):
             folder.mkdir(mode=0o700)
-        write_specs(root, args.runtime, str(home), str(runtime_dir), str(cwd))
+        write_specs(
+            root, image, args.runtime, home=str(home), runtime_dir=str(runtime_dir), cwd=str(cwd)
+        )
         os.environ["JUPYTER_PATH"] = str(root)
         times: dict[str, list[float]] = {"hand-written": [], "container-kernel": []}
         for _ in range(args.n):  # interleaved, so drift hits both alike

@@ -41,7 +41,7 @@ def probe(settings: ContainerSettings, interpreter: str = "python3") -> str:
 
 def cmd_install(args: argparse.Namespace) -> int:
     settings = ContainerSettings(image=check_image(args.image), **settings_from_arguments(args))
-    name = args.name or kernelspec.default_kernel_name(args.image)
+    name = (args.name or kernelspec.default_kernel_name(args.image)).lower()  # as jupyter_client
     spec = kernelspec.kernel_dict(settings, args.display_name, args.python)
     where = {"user": not args.system, "prefix": args.prefix}
     if kernelspec.installed_unchanged(spec, kernelspec.destination(name, **where)):

@@ -16,6 +16,7 @@ from .errors import ContainerKernelError
 from .runtimes.base import parse_bind
 
 HOME_MODES = ("persistent", "temporary", "none")
+RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
 
 
 class ContainerSettings(LoggingConfigurable):
@@ -29,7 +30,7 @@ class ContainerSettings(LoggingConfigurable):
         $CONTAINER_KERNEL_IMAGE.""",
     )
     runtime = CaselessStrEnum(
-        ["auto", "apptainer", "singularity", "charliecloud"],
+        RUNTIMES,
         default_value="auto",
         config=True,
         help="""Which container runtime runs the image. 'auto' takes apptainer, then singularity,
@@ -120,7 +121,7 @@ class ContainerSettings(LoggingConfigurable):
 # Command-line spelling of the settings, shared by the CLI and the %%container magic:
 # (flags, trait, argparse keywords). Help texts come from the traits themselves.
 ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
-    (("--runtime",), "runtime", {"choices": ["auto", "apptainer", "singularity", "charliecloud"]}),
+    (("--runtime",), "runtime", {"choices": RUNTIMES}),
     (("--runtime-path",), "runtime_path", {"metavar": "PATH"}),
     (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]"}),
     (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE"}),

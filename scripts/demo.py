@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,9 @@ from pathlib import Path
 import nbformat
 from jupyter_core.paths import jupyter_data_dir
 from nbclient import NotebookClient
+
+from container_kernel.errors import ContainerKernelError
+from container_kernel.runtimes import charliecloud, find_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "container-demo"
@@ -28,14 +30,15 @@ HOST_LEAKS = {
     "PYTHONSTARTUP": "/host/startup.py",
     "JUPYTERHUB_API_TOKEN": "not-for-containers",
 }
-RUNTIMES = (("apptainer", "apptainer"), ("singularity", "singularity"), ("ch-run", "charliecloud"))
 
 
 def pick_runtime() -> str:
-    for executable, runtime in RUNTIMES:
-        if shutil.which(executable):
-            return runtime
-    sys.exit("No container runtime: install Apptainer, or Charliecloud (charliecloud-runtime).")
+    """Apptainer if installed, else Charliecloud: what `runtime = auto` picks."""
+    try:
+        runtime = find_runtime("auto")
+    except ContainerKernelError as err:
+        sys.exit(f"demo: {err}")
+    return "charliecloud" if runtime.backend is charliecloud else Path(runtime.executable).name
 
 
 def install_spec(image: str, runtime: str) -> None:
@@ -64,7 +67,10 @@ def main() -> None:
     runtime = pick_runtime()
     install_spec(image, runtime)
     executed = REPO / "build" / "demo.ipynb"
-    proof = execute(REPO / "notebooks" / "demo.ipynb", executed)
+    try:
+        proof = execute(REPO / "notebooks" / "demo.ipynb", executed)
+    except ContainerKernelError as err:
+        sys.exit(f"demo: {err}")
 
     leaked = sorted(set(HOST_LEAKS) & set(proof["environment"]))
     fake_home = Path(jupyter_data_dir(), "container-kernel", "homes", NAME)

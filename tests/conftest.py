@@ -22,7 +22,7 @@ IMAGE_DIR = (
 def image() -> Path:
     """A Debian root filesystem with its own python3 and ipykernel (scripts/build-image)."""
     out = subprocess.run(
-        [REPO / "scripts" / "build-image", IMAGE_DIR / "bookworm-ipykernel"],
+        [REPO / "scripts" / "build-image"],
         capture_output=True,
         text=True,
         check=False,

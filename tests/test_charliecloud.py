@@ -8,7 +8,7 @@ from container_kernel.errors import ContainerKernelError
 from container_kernel.runtimes.base import Bind, ExecRequest
 from container_kernel.runtimes.charliecloud import Flavour, exec_command, parse_version
 
-FLAVOUR = Flavour("charliecloud", (0, 31, 0))
+FLAVOUR = Flavour((0, 31, 0))
 
 
 @pytest.fixture
@@ -104,3 +104,24 @@ def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path, monke
     argv, _ = exec_command("ch-run", FLAVOUR, request, {})
     assert f"--set-env=HOME={tmp_path}/stage/home" in argv
     assert "/scratch:/scratch" in argv
+
+
+def test_staging_folder_must_be_ours_and_private(image, tmp_path, monkeypatch):
+    stage = tmp_path / "stage"
+    monkeypatch.setattr("container_kernel.runtimes.charliecloud.staging_root", lambda: str(stage))
+    home = Bind("/h", "/home/me", staging="home")
+    request = ExecRequest(image=str(image), command=["x"], home=home)
+    stage.mkdir()
+    stage.chmod(0o755)
+    exec_command("ch-run", FLAVOUR, request, {})
+    assert stage.stat().st_mode & 0o777 == 0o700
+    (stage / "home").rmdir()
+    stage.rmdir()
+    stage.symlink_to(tmp_path)  # as if another user had planted it first
+    with pytest.raises(ContainerKernelError, match="is not a folder of yours"):
+        exec_command("ch-run", FLAVOUR, request, {})
+
+
+def test_uri_images_are_refused_with_what_to_do():
+    with pytest.raises(ContainerKernelError, match="ch-run runs local images, not docker://x"):
+        exec_command("ch-run", FLAVOUR, ExecRequest(image="docker://x", command=["x"]), {})

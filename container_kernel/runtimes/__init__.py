@@ -95,4 +95,7 @@ def _flavour(backend: ModuleType, executable: str, _mtime_ns: int) -> Any:
     except OSError as err:
         msg = f"Cannot run {executable} --version: {err.strerror}."
         raise ContainerKernelError(msg) from None
+    except subprocess.TimeoutExpired:
+        msg = f"{executable} --version did not answer in 30 s: is its file system hung?"
+        raise ContainerKernelError(msg) from None
     return backend.parse_version(out.stdout or out.stderr)

@@ -102,7 +102,7 @@ def _expressible(path: str) -> bool:
 def exec_command(
     executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and the runtime's own environment for `exec` of `request`. Pure."""
+    """The argv and the runtime's own environment for `exec` of `request` (a pure function)."""
     argv = [executable, "exec"]
     if request.cleanenv:
         argv.append("--cleanenv")

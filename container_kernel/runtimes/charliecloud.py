@@ -9,8 +9,10 @@ a staging folder in `/tmp` when their own path cannot be created; paths in the c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class Flavour:
-    name: str
     version: tuple[int, ...]
 
     def __str__(self) -> str:
@@ -34,7 +35,7 @@ class Flavour:
 
 def parse_version(text: str) -> Flavour:
     if match := re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text):
-        return Flavour("charliecloud", tuple(int(n or 0) for n in match.groups()))
+        return Flavour(tuple(int(n or 0) for n in match.groups()))
     msg = f"Cannot tell which Charliecloud this is from `ch-run --version`: {text.strip()!r}."
     raise ContainerKernelError(msg)
 
@@ -49,6 +50,11 @@ def exec_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and the ch-run process's environment that run `request`."""
     _refuse_unsupported(request)
+    if "://" in request.image:
+        msg = (
+            f"ch-run runs local images, not {request.image}: pull it first (ch-image, ch-convert)."
+        )
+        raise ContainerKernelError(msg)
     image = Path(request.image)
     if not (image.is_dir() or _is_squashfs(image)):
         msg = f"ch-run runs directory or SquashFS images; {image} is neither (see ch-convert)."
@@ -99,14 +105,28 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
     if mountable or (mountable is None and not bind.staging):
         return bind
     if bind.staging:
-        staged = Path(staging_root(), bind.staging)
-        staged.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = _private_staging() / bind.staging
+        staged.mkdir(exist_ok=True)
         return replace(bind, dst=str(staged))
     msg = (
         f"ch-run cannot create {bind.dst} in the read-only image {image}: bind {bind.src} to a "
         "destination that exists in the image or is under /tmp."
     )
     raise ContainerKernelError(msg)
+
+
+def _private_staging() -> Path:
+    """The staging folder in the shared /tmp: ours alone (another user could create it first)."""
+    root = Path(staging_root())
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        msg = f"{root} is not a folder of yours: remove it, or ask an admin to."
+        raise ContainerKernelError(msg)
+    if info.st_mode & 0o077:
+        root.chmod(0o700)
+    return root
 
 
 def _can_mount_at(image: Path, dst: str, earlier: list[Bind]) -> bool | None:
