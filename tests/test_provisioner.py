@@ -297,8 +297,13 @@ async def test_kernel_that_dies_later_leaves_no_process_and_restarts(kernel_spec
         os.kill(km.provisioner.pid, signal.SIGKILL)  # the runtime parent dies: so does the kernel
         assert await _wait_for(km.provisioner.poll, lambda status: status is not None)
         assert _wait_until_empty(km.provisioner.pgid) == []
-        await km.restart_kernel(now=True)
-        assert await km.is_alive()
+        await km.restart_kernel(now=True, newports=True)  # a new connection file, copied again
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)  # the kernel listens on the new ports
+        finally:
+            kc.stop_channels()
     finally:
         await km.shutdown_kernel(now=True)
 
