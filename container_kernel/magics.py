@@ -292,7 +292,12 @@ def _looks_like_image(word: str) -> bool:
 
 def _lines(proc: subprocess.Popen):
     """(stream name, line) pairs from both pipes as they come, yielded in the main thread, where
-    Ctrl-C and kernel interrupts land and where ipykernel expects the cell's output."""
+    ipykernel expects the cell's output.
+
+    An interrupt (Ctrl-C, a kernel interrupt) is turned into KeyboardInterrupt here, between
+    lines, never in the middle of writing one: an OutStream interrupted mid-flush can lose the
+    next cell's output.
+    """
     lines: queue.Queue = queue.Queue()
     threads = [
         threading.Thread(target=_read, args=(proc.stdout, "stdout", lines), daemon=True),
@@ -302,13 +307,22 @@ def _lines(proc: subprocess.Popen):
     ]
     for thread in threads:
         thread.start()
-    open_pipes = 2
-    while open_pipes:
-        name, text = lines.get()
-        if text is None:
-            open_pipes -= 1
-        else:
-            yield name, text
+    in_main_thread = threading.current_thread() is threading.main_thread()  # (not a subshell)
+    if in_main_thread:
+        previous = signal.signal(signal.SIGINT, lambda *_: lines.put(("interrupt", None)))
+    try:
+        open_pipes = 2
+        while open_pipes:
+            name, text = lines.get()
+            if name == "interrupt":
+                raise KeyboardInterrupt
+            if text is None:
+                open_pipes -= 1
+            else:
+                yield name, text
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _read(pipe, name: str, lines: queue.Queue) -> None:
