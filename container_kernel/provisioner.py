@@ -53,16 +53,26 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         command, connection_bind = self._private_connection_file(
             self._command_inside(kwargs["cmd"])
         )
-        launch = plan(
-            self,
-            command,
-            cwd=cwd,
-            home=self._home(),
-            # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel inside needs it too.
-            host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
-            named_env=list(self.kernel_spec.env),
-            extra_binds=[connection_bind],
-        )
+        try:
+            launch = plan(
+                self,
+                command,
+                cwd=cwd,
+                home=self._home(),
+                # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel needs it too.
+                host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
+                named_env=list(self.kernel_spec.env),
+                extra_binds=[connection_bind],
+            )
+        except ContainerKernelError as err:
+            if not self._restarting:
+                raise
+            # jupyter_client's restarter counts only restarts that launch something (it would
+            # retry forever): launch a process that fails with the reason, so it gives up.
+            failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", str(err)]
+            kwargs.update(cmd=failing, cwd=cwd)
+            self._kernel_cwd = cwd
+            return kwargs
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)

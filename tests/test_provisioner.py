@@ -308,6 +308,20 @@ async def test_kernel_that_dies_later_leaves_no_process_and_restarts(kernel_spec
         await km.shutdown_kernel(now=True)
 
 
+async def test_a_restart_that_cannot_start_fails_as_a_dead_kernel(
+    kernel_spec, notebook_dir, tmp_path
+):
+    km = AsyncKernelManager(kernel_name=kernel_spec())
+    await km.start_kernel(cwd=str(notebook_dir))
+    try:
+        km.provisioner.image = str(tmp_path / "deleted.sif")  # the image went away meanwhile
+        await km.restart_kernel(now=True)  # does not raise: the restarter can count it
+        assert await _wait_for(km.provisioner.poll, lambda status: status == 1)
+        assert "Image not found" in "".join(km.provisioner._stderr_tail)
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
 async def _wait_for(probe, done, timeout: float = 10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
