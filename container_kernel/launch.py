@@ -19,8 +19,10 @@ from .runtimes import Bind, ExecRequest, Runtime, find_runtime, parse_bind
 from .settings import ContainerSettings
 
 # Where the working directory goes when binding it at its own path would hide the fake home
-# (a notebook opened in the home folder itself).
+# (a notebook opened in the home folder itself) or a system folder of the image.
 NOTEBOOK_MOUNT = "/mnt/notebook"
+# Apptainer's own list of folders its current-directory mount never covers.
+SYSTEM_DIRS = frozenset({"/etc", "/bin", "/mnt", "/usr", "/var", "/opt", "/sbin", "/lib", "/lib64"})
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,15 @@ def user_binds(specs: Sequence[str]) -> list[Bind]:
 
 
 def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
-    """Bind the working directory at its own path, or elsewhere if it would cover the fake home."""
+    """Bind the working directory at its own path, or at NOTEBOOK_MOUNT where that would
+    cover the fake home or one of the image's system folders."""
     if cwd == "/":
         return None
     covers_home = inside_home is not None and (
         inside_home == cwd or inside_home.startswith(cwd.rstrip("/") + "/")
     )
-    return Bind(cwd, NOTEBOOK_MOUNT if covers_home else cwd, staging="notebook")
+    covers_system = cwd in SYSTEM_DIRS or cwd.startswith(("/proc/", "/sys/", "/dev/"))
+    return Bind(cwd, NOTEBOOK_MOUNT if covers_home or covers_system else cwd, staging="notebook")
 
 
 def build_request(

@@ -49,9 +49,11 @@ def test_secrets_enter_only_when_named():
         ("/home", "/home/me", Bind("/home", NOTEBOOK_MOUNT, staging="notebook")),
         ("/home/me", None, Bind("/home/me", "/home/me", staging="notebook")),
         ("/", "/home/me", None),
+        ("/opt", "/home/me", Bind("/opt", NOTEBOOK_MOUNT, staging="notebook")),
+        ("/opt/nb", "/home/me", Bind("/opt/nb", "/opt/nb", staging="notebook")),
     ],
 )
-def test_the_working_directory_never_covers_the_fake_home(cwd, home, expected):
+def test_the_working_directory_never_covers_the_fake_home_or_system_folders(cwd, home, expected):
     assert workdir_mount(cwd, home) == expected
 
 
