@@ -10,7 +10,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .environment import container_environment
 from .errors import ContainerKernelError
@@ -111,16 +110,27 @@ def build_request(
     )
 
 
-def plan(settings: ContainerSettings, command: Sequence[str], **where: Any) -> Launch:
-    """The whole command that runs `command` in the container (`where`: see build_request).
+def plan(
+    settings: ContainerSettings,
+    command: Sequence[str],
+    *,
+    cwd: str,
+    home: Path | None,
+    host_env: Mapping[str, str],
+    named_env: Sequence[str] = (),
+    extra_binds: Sequence[Bind] = (),
+) -> Launch:
+    """The whole command that runs `command` in the container (arguments: see build_request).
 
     The runtime process starts in `/` when the working directory is mounted elsewhere, so the
     runtime's own current-directory mount cannot cover the fake home.
     """
     runtime = find_runtime(settings.runtime, settings.runtime_path)
-    request = build_request(settings, command, **where)
-    argv, env = runtime.exec_command(request, where["host_env"])
-    cwd = where["cwd"]
+    request = build_request(
+        settings, command, cwd=cwd, home=home, host_env=host_env, named_env=named_env,
+        extra_binds=extra_binds,
+    )  # fmt: skip
+    argv, env = runtime.exec_command(request, host_env)
     return Launch(argv, env, cwd if request.workdir == cwd else "/", runtime)
 
 

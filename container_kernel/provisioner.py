@@ -8,7 +8,6 @@ a kernel leaves: its private folders and any process left in its group.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float
 
-from . import homes
+from . import homes, processes
 from .errors import ContainerKernelError, runtime_message
 from .launch import plan
 from .runtimes import Bind
@@ -45,6 +44,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     _restarting = False
     _stderr_tail: deque[str] | None = None
     _stderr_reader: threading.Thread | None = None
+    _forwards_signals = True
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
@@ -66,6 +66,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             )
         except ContainerKernelError as err:
             if not self._restarting:
+                await self.cleanup(restart=False)  # the connection copy and a temporary home
                 raise
             # jupyter_client's restarter counts only restarts that launch something (it would
             # retry forever): launch a process that fails with the reason, so it gives up.
@@ -73,6 +74,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             kwargs.update(cmd=failing, cwd=cwd)
             self._kernel_cwd = cwd
             return kwargs
+        self._forwards_signals = launch.runtime.forwards_signals
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
@@ -97,7 +99,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         shutil.copyfile(original, copy)  # again at each restart: ports may be new
         copy.chmod(0o600)
         folder = str(self._connection_dir)
-        command = [str(copy) if arg == original else arg for arg in command]
+        command = [arg.replace(original, str(copy)) for arg in command]
         return command, Bind(folder, folder, staging="connection")
 
     def _home(self) -> Path | None:
@@ -169,16 +171,18 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         return True
 
     async def poll(self) -> int | None:
-        """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped
-        (while its group id cannot be reused), kill what it left in its process group."""
-        if self.process and self.process.returncode is None and _exited(self.process.pid):
-            self._kill_group()
+        """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped,
+        kill what it left in its process group (see processes.py)."""
+        if self.process and self.process.returncode is None and processes.exited(self.process.pid):
+            processes.kill_group(self.pgid)
         return await super().poll()
 
     async def send_signal(self, signum: int) -> None:
-        """Signal the runtime parent only: it forwards to the kernel. Signalling the whole
-        group, as LocalProvisioner does, delivers an interrupt twice. SIGKILL takes the group."""
-        if self.process and signum != signal.SIGKILL:
+        """A runtime that forwards signals (Apptainer's starter) gets them alone: signalling
+        the whole group, as LocalProvisioner does, would deliver an interrupt twice. A runtime
+        that execs the kernel (ch-run) has no one to forward: its group gets them, as usual."""
+        status = await self.poll()  # (Popen.send_signal would reap the parent without our care)
+        if status is None and self._forwards_signals and signum != signal.SIGKILL:
             self.process.send_signal(signum)
             return
         await super().send_signal(signum)
@@ -192,20 +196,6 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
                     homes.remove_home(folder)
             self._temporary_home = self._connection_dir = None
         await super().cleanup(restart=restart)
-
-    def _kill_group(self) -> None:
-        """The kernel's own children outlive the runtime parent; its group still holds them."""
-        if self.pgid and self.pgid != os.getpgid(0):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pgid, signal.SIGKILL)
-
-
-def _exited(pid: int) -> bool:
-    """True if child `pid` has exited, without reaping it."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return False
 
 
 def _tee(stream, tail: deque[str]) -> None:

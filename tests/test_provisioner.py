@@ -209,10 +209,12 @@ def _wait_until_empty(pgid: int, timeout: float = 10) -> list[int]:
 
 
 def test_missing_image_fails_at_once_with_a_clear_message(kernel_spec, notebook_dir, tmp_path):
-    name = kernel_spec(image=str(tmp_path / "missing.sif"))
+    name = kernel_spec(image=str(tmp_path / "missing.sif"), home="temporary")
     km = KernelManager(kernel_name=name)
     with pytest.raises(ContainerKernelError, match=r"Image not found: .*missing\.sif"):
         km.start_kernel(cwd=str(notebook_dir))
+    assert km.provisioner._temporary_home is None  # nothing left behind
+    assert km.provisioner._connection_dir is None
 
 
 def test_missing_runtime_fails_with_what_to_do(kernel_spec, notebook_dir, monkeypatch, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
+from container_kernel.processes import exited as processes_exited
 from container_kernel.provisioner import ContainerProvisioner
 
 
@@ -63,6 +64,23 @@ async def test_signals_go_to_the_runtime_parent_only(runtime_parent, signum):
     await provisioner.send_signal(signum)
     proc.wait(timeout=5)
     assert alive(child)  # LocalProvisioner's os.killpg would have reached it directly
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_runtime_that_execs_the_kernel_gets_the_group_signalled(runtime_parent, signum):
+    provisioner, _, child = runtime_parent
+    provisioner._forwards_signals = False  # as ch-run: nobody would forward to the children
+    await provisioner.send_signal(signum)
+    assert wait_dead(child)
+
+
+async def test_signalling_a_dead_parent_still_removes_its_orphans(runtime_parent):
+    provisioner, proc, child = runtime_parent
+    os.kill(proc.pid, signal.SIGKILL)  # the kernel died (OOM...); nobody has polled yet
+    while processes_exited(proc.pid) is False:
+        time.sleep(0.01)
+    await provisioner.send_signal(signal.SIGINT)  # what a graceful shutdown sends first
+    assert wait_dead(child)
 
 
 async def test_kill_takes_the_whole_group(runtime_parent):

@@ -40,6 +40,12 @@ class Runtime:
         """The argv and the runtime process's environment that run `request`."""
         return self.backend.exec_command(self.executable, self.flavour, request, host_env)
 
+    @property
+    def forwards_signals(self) -> bool:
+        """Whether the process Popen starts is a parent that forwards signals to the command
+        (Apptainer's starter), rather than the command itself (ch-run execs it)."""
+        return self.flavour.forwards_signals
+
     def __str__(self) -> str:
         return f"{self.flavour} ({self.executable})"
 

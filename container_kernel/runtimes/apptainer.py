@@ -37,6 +37,11 @@ class Flavour:
         return "APPTAINERENV_" if self.name == "apptainer" else "SINGULARITYENV_"
 
     @property
+    def forwards_signals(self) -> bool:
+        """3.x and Apptainer keep a runtime parent that forwards signals; 2.x execs the command."""
+        return self.name == "apptainer" or self.version >= (3, 0, 0)
+
+    @property
     def evaluates_once(self) -> bool:
         """Values go through one round of double-quoted evaluation (Apptainer 1.0, 3.8-3.9)."""
         if self.name == "apptainer":

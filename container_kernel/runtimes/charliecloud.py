@@ -28,6 +28,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class Flavour:
     version: tuple[int, ...]
+    forwards_signals = False  # ch-run execs the command: signals reach it directly
 
     def __str__(self) -> str:
         return f"charliecloud {'.'.join(map(str, self.version))}"
