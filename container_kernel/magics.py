@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import hashlib
 import os
 import pickle
 import queue
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import TraitError
 
-from . import homes
+from . import homes, processes
 from .errors import ContainerKernelError, runtime_message
 from .kernelspec import default_kernel_name
 from .launch import plan
@@ -36,6 +38,7 @@ from .runtimes import Bind
 from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
 
 PYTHON = re.compile(r"python[0-9.]*")
+IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
 STDERR_TAIL = 10
 INTERRUPT_GRACE = 2.0  # seconds between SIGINT and SIGTERM, and between SIGTERM and SIGKILL
 
@@ -48,7 +51,6 @@ def _container_kernel_run():
     folder, outputs = sys.argv[1], sys.argv[2:]
     path = os.path.join(folder, "cell.py")
     sys.argv, sys.path[0] = [path], os.getcwd()
-    sys.stdout.reconfigure(line_buffering=True)
     ns = sys.modules["__main__"].__dict__  # classes the cell defines pickle as __main__.X
     del ns["_container_kernel_run"]
     ns["__file__"] = path
@@ -64,8 +66,9 @@ def _container_kernel_run():
         code = compile(f.read(), path, "exec")
     try:
         exec(code, ns)
-    except SystemExit:
-        raise
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
     except BaseException as err:
         traceback.print_exception(type(err), err, err.__traceback__.tb_next)
         sys.exit(1)
@@ -157,12 +160,19 @@ class ContainerMagics(ContainerSettings, Magics):
 
     def _run(self, line: str, cell: str | None) -> None:
         magic = self.container_cell if cell is not None else self.container_line
-        args = magic.parser.parse_args(shlex.split(line))
+        try:
+            words = shlex.split(line)
+        except ValueError as err:  # an unbalanced quote
+            raise UsageError(f"%container: {err} in {line!r}") from None
+        args = magic.parser.parse_args(words)
         try:
             settings = self._cell_settings(args)
             command = args.command or (["python3"] if cell is not None else [])
             if not command:
                 msg = "%container needs a COMMAND, e.g. `%container IMAGE cat /etc/os-release`."
+                raise UsageError(msg)
+            if command[0].startswith("-"):
+                msg = f"Options go before IMAGE and COMMAND; {command[0]!r} came after them."
                 raise UsageError(msg)
             with tempfile.TemporaryDirectory(prefix="container-magic-") as folder:
                 inside = self._prepare(args, cell, command, Path(folder))
@@ -190,7 +200,8 @@ class ContainerMagics(ContainerSettings, Magics):
         given = settings_from_arguments(args)
         for name in ("binds", "pass_env", "runtime_args"):
             given[name] = [*values[name], *given.get(name, [])]
-        given["env"] = {**values["env"], **given.get("env", {})}
+        # Unbuffered: a Python cell's output streams live (any Python; 3.7 and 3.8 too).
+        given["env"] = {"PYTHONUNBUFFERED": "1", **values["env"], **given.get("env", {})}
         if args.image and values["image"] and not _looks_like_image(args.image):
             args.command = [args.image, *args.command]  # `%%container bash`: bash is the command
             args.image = None
@@ -201,10 +212,12 @@ class ContainerMagics(ContainerSettings, Magics):
         return ContainerSettings(**{**values, **given})
 
     def _home(self, settings: ContainerSettings) -> Path | None:
-        """The fake home: one per image (`magic-<name>`), or a fresh one for this cell."""
+        """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one for
+        this cell."""
         if settings.home == "temporary":
             return homes.temporary_home()
-        name = f"magic-{default_kernel_name(settings.image)}"
+        digest = hashlib.sha256(settings.image.encode()).hexdigest()[:8]
+        name = f"magic-{default_kernel_name(settings.image)}-{digest}"
         return homes.resolve_home(settings.home, settings.home_root, name)
 
     def _prepare(self, args, cell: str | None, command: list[str], folder: Path) -> list[str]:
@@ -235,94 +248,119 @@ class ContainerMagics(ContainerSettings, Magics):
 
     def _execute(self, launch, args: argparse.Namespace, what: str, folder: Path) -> None:
         """Run, stream both outputs live, stop everything on interrupt, raise on failure."""
-        proc = subprocess.Popen(
-            launch.argv,
-            env=launch.env,
-            cwd=launch.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own group: what the cell starts is killed with it
-        )
         captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
         tail: deque[str] = deque(maxlen=STDERR_TAIL)
-        try:
-            for name, text in _lines(proc):
-                if name == "stderr":
-                    tail.append(text)
-                if args.out if name == "stdout" else args.err:
-                    captured[name].append(text)
-                else:
-                    stream = sys.stdout if name == "stdout" else sys.stderr
-                    stream.write(text)
-                    stream.flush()
-            proc.wait()
-        except KeyboardInterrupt:
-            how = _stop(proc)
-            if args.raise_error:
-                raise KeyboardInterrupt(f"the container process was {how}") from None
-            print(f"The container process was {how}.")
-            return
-        finally:
-            if proc.returncode is None:  # not reaped yet: its group id is still ours
-                _kill_group(proc)
-            for name, var in (("stdout", args.out), ("stderr", args.err)):
-                if var:
-                    self.shell.user_ns[var] = "".join(captured[name])
+        with _deferred_interrupts() as interrupts:
+            proc = subprocess.Popen(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own group: what the cell starts is killed with it
+            )
+            # Background processes the cell left would hold the pipes open: they end with it.
+            reaper = threading.Thread(target=_end_group, args=(proc,), daemon=True)
+            reaper.start()
+            try:
+                for name, text in _lines(proc, interrupts.events):
+                    if name == "stderr":
+                        tail.append(text[:500])
+                    if args.out if name == "stdout" else args.err:
+                        captured[name].append(text)
+                    else:
+                        stream = sys.stdout if name == "stdout" else sys.stderr
+                        stream.write(text)
+                        stream.flush()
+            except KeyboardInterrupt:
+                how = _stop(proc, reaper, interrupts, launch.runtime.forwards_signals)
+                for name, text in _drain(interrupts.events):  # the process's last words
+                    (sys.stdout if name == "stdout" else sys.stderr).write(text)
+                if args.raise_error:
+                    raise KeyboardInterrupt(f"the container process was {how}") from None
+                print(f"The container process was {how}.")
+                return
+            finally:
+                if reaper.is_alive():  # an error while streaming: nothing may outlive the cell
+                    processes.kill_group(proc.pid)
+                reaper.join()
+                proc.wait()  # only now: the group was killed while its id was still ours
+                for name, var in (("stdout", args.out), ("stderr", args.err)):
+                    if var:
+                        self.shell.user_ns[var] = "".join(captured[name])
         if proc.returncode != 0 and args.raise_error:
             raise ContainerCellError(proc.returncode, launch.argv, what, list(tail))
         if proc.returncode == 0 and args.output:
+            if not (folder / "out.pickle").exists():
+                msg = "-o: the cell ended before its variables could be collected."
+                raise UsageError(msg)
             self._bring_back(folder / "out.pickle")
 
     def _bring_back(self, path: Path) -> None:
+        """All -o values, or none: one that cannot load leaves the notebook as it was."""
+        values = {}
         for name, data in pickle.loads(path.read_bytes()).items():
             try:
-                self.shell.user_ns[name] = pickle.loads(data)
+                values[name] = pickle.loads(data)
             except Exception as err:  # unpickling raises many types; each means "cannot load"
                 msg = (
                     f"-o {name}: cannot load it in the notebook ({type(err).__name__}: {err}); "
                     "its class must come from a module both sides import."
                 )
                 raise UsageError(msg) from None
+        self.shell.user_ns.update(values)
 
 
 def _looks_like_image(word: str) -> bool:
-    return "/" in word or word.endswith((".sif", ".simg", ".img", ".sqfs")) or os.path.isdir(word)
+    """An image named on the line, not a command (`bash`, `/opt/conda/bin/python`)."""
+    return "://" in word or word.endswith(IMAGE_SUFFIXES) or os.path.isdir(word)
 
 
-def _lines(proc: subprocess.Popen):
-    """(stream name, line) pairs from both pipes as they come, yielded in the main thread, where
-    ipykernel expects the cell's output.
+class _Interrupts:
+    """SIGINT while a container runs (Ctrl-C, a kernel interrupt), deferred: queued as an event
+    that `_lines` turns into KeyboardInterrupt between lines (an OutStream interrupted mid-flush
+    can lose the next cell's output), and counted, so that `_stop` escalates on another one.
+    SimpleQueue.put is safe in a signal handler."""
 
-    An interrupt (Ctrl-C, a kernel interrupt) is turned into KeyboardInterrupt here, between
-    lines, never in the middle of writing one: an OutStream interrupted mid-flush can lose the
-    next cell's output.
-    """
-    lines: queue.Queue = queue.Queue()
-    threads = [
-        threading.Thread(target=_read, args=(proc.stdout, "stdout", lines), daemon=True),
-        threading.Thread(target=_read, args=(proc.stderr, "stderr", lines), daemon=True),
-        # Background processes the cell left would hold the pipes open: they end with it.
-        threading.Thread(target=_reap, args=(proc,), daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
-    in_main_thread = threading.current_thread() is threading.main_thread()  # (not a subshell)
-    if in_main_thread:
-        previous = signal.signal(signal.SIGINT, lambda *_: lines.put(("interrupt", None)))
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.count = 0
+
+    def __call__(self, *_) -> None:
+        self.count += 1
+        self.events.put(("interrupt", None))
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Install an `_Interrupts` as the SIGINT handler (Python delivers SIGINT to the main thread
+    only: in an ipykernel subshell the cell cannot be interrupted)."""
+    interrupts = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts
+        return
+    previous = signal.signal(signal.SIGINT, interrupts)
     try:
-        open_pipes = 2
-        while open_pipes:
-            name, text = lines.get()
-            if name == "interrupt":
-                raise KeyboardInterrupt
-            if text is None:
-                open_pipes -= 1
-            else:
-                yield name, text
+        yield interrupts
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous)
+
+
+def _lines(proc: subprocess.Popen, events: queue.SimpleQueue):
+    """(stream name, line) pairs from both pipes as they come, yielded in the main thread, where
+    ipykernel expects the cell's output; KeyboardInterrupt when an interrupt arrives."""
+    for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+        threading.Thread(target=_read, args=(pipe, name, events), daemon=True).start()
+    open_pipes = 2
+    while open_pipes:
+        name, text = events.get()
+        if name == "interrupt":
+            raise KeyboardInterrupt
+        if text is None:
+            open_pipes -= 1
+        else:
+            yield name, text
 
 
 def _read(pipe, name: str, lines: queue.Queue) -> None:
@@ -336,29 +374,43 @@ def _read(pipe, name: str, lines: queue.Queue) -> None:
     lines.put((name, None))
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    """SIGINT to the runtime parent only (it forwards it once; the group would get it twice),
-    then SIGTERM, then SIGKILL to the whole group."""
+def _stop(
+    proc: subprocess.Popen, reaper: threading.Thread, interrupts: _Interrupts, forwards: bool
+) -> str:
+    """SIGINT, then SIGTERM, then SIGKILL to the whole group; another interrupt meanwhile goes
+    straight to SIGKILL. SIGINT and SIGTERM go to a runtime parent alone when it forwards them
+    (the group would get them twice), else to the group (ch-run execs the command). Done when
+    the reaper is: the process has exited and its group is gone."""
+    seen = interrupts.count
     for signum, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(INTERRUPT_GRACE)
+            if forwards:
+                os.kill(proc.pid, signum)
+            else:
+                os.killpg(proc.pid, signum)
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        while reaper.is_alive() and time.monotonic() < deadline and interrupts.count == seen:
+            reaper.join(0.05)
+        if not reaper.is_alive():
             return how
-    _kill_group(proc)
-    proc.wait()
-    return "killed"  # (SIGKILL to the group before the wait: the group id was still ours)
+        if interrupts.count != seen:
+            break
+    processes.kill_group(proc.pid)  # not reaped yet: the group id is still ours
+    return "killed"
 
 
-def _reap(proc: subprocess.Popen) -> None:
-    """Wait for the runtime parent; kill what it left in its group before reaping it (after,
-    the group id could be reused by someone else)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-    _kill_group(proc)
-    proc.wait()
+def _drain(events: queue.SimpleQueue) -> list[tuple[str, str]]:
+    """The lines still queued, without interrupts and end-of-pipe marks."""
+    drained = []
+    while not events.empty():
+        name, text = events.get()
+        if name != "interrupt" and text is not None:
+            drained.append((name, text))
+    return drained
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _end_group(proc: subprocess.Popen) -> None:
+    """Wait for the runtime parent to exit and kill what it left in its group, leaving the
+    parent unreaped (its pid, the group id, stays ours) for the main thread's proc.wait()."""
+    processes.wait_unreaped(proc.pid)
+    processes.kill_group(proc.pid)

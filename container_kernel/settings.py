@@ -6,6 +6,7 @@ Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -119,26 +120,41 @@ class ContainerSettings(LoggingConfigurable):
 
 
 # Command-line spelling of the settings, shared by the CLI and the %%container magic:
-# (flags, trait, argparse keywords). Help texts come from the traits themselves.
+# (flags, trait, argparse keywords with a help that fits every face).
 ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
-    (("--runtime",), "runtime", {"choices": RUNTIMES}),
-    (("--runtime-path",), "runtime_path", {"metavar": "PATH"}),
-    (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]"}),
-    (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE"}),
-    (("--pass-env",), "pass_env", {"action": "append", "metavar": "PATTERN"}),
-    (("--home",), "home", {"metavar": "persistent|temporary|none|PATH"}),
-    (("--home-root",), "home_root", {"metavar": "DIR"}),
-    (("--no-cleanenv",), "cleanenv", {"action": "store_false", "default": None}),
-    (("--gpu",), "gpu", {"action": "store_true", "default": None}),
-    (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG"}),
-]
+    (("--runtime",), "runtime", {"choices": RUNTIMES, "help": (
+        "Container runtime: auto (apptainer, then singularity, then ch-run), apptainer, "
+        "singularity or charliecloud.")}),
+    (("--runtime-path",), "runtime_path", {"metavar": "PATH", "help": (
+        "The runtime executable, when it is not on PATH.")}),
+    (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]", "help": (
+        "Bind a host path into the container (repeatable). The working folder is bound already.")}),
+    (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE", "help": (
+        "Set a variable inside, literally, never shell-evaluated (repeatable).")}),
+    (("--pass-env",), "pass_env", {"action": "append", "metavar": "PATTERN", "help": (
+        "Let in host variables whose names match PATTERN, e.g. 'OMP_*' (repeatable). Nothing "
+        "else from the host enters.")}),
+    (("--home",), "home", {"metavar": "persistent|temporary|none|PATH", "help": (
+        "The home inside, never the real one: persistent (a folder of its own, kept), temporary "
+        "(fresh, then removed), none, or a host folder.")}),
+    (("--home-root",), "home_root", {"metavar": "DIR", "help": (
+        "Where persistent fake homes live.")}),
+    (("--cleanenv",), "cleanenv", {"action": argparse.BooleanOptionalAction, "help": (
+        "Start from a clean environment (the default); --no-cleanenv lets the whole host "
+        "environment in, tokens included.")}),
+    (("--gpu",), "gpu", {"action": argparse.BooleanOptionalAction, "help": (
+        "Make the host's NVIDIA GPUs usable inside (--nv); pass CUDA_VISIBLE_DEVICES with "
+        "--pass-env. Not with ch-run.")}),
+    (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
+        "An extra argument for the runtime's exec, before the image (repeatable; "
+        "--runtime-arg=--rocm).")}),
+]  # fmt: skip
 
 
 def add_settings_arguments(add_argument) -> None:
     """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments')."""
     for flags, trait, keywords in ARGUMENTS:
-        help_text = " ".join(ContainerSettings.class_traits()[trait].help.split())
-        add_argument(*flags, dest=trait, help=help_text, **keywords)
+        add_argument(*flags, dest=trait, **keywords)
 
 
 def settings_from_arguments(namespace) -> dict:

@@ -247,6 +247,7 @@ def test_unknown_flag_is_a_cobra_error(run):
 def test_exit_status_and_signal_are_propagated(run):
     assert run("sh", "-c", "exit 7").returncode == 7
     assert run("sh", "-c", "kill -TERM $$").returncode == -signal.SIGTERM
+    assert run("sh", "-c", "kill -KILL $$").returncode == -signal.SIGKILL
 
 
 def test_gpu_flags_warn_and_go_on(run):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from container_kernel.errors import ContainerKernelError
@@ -50,9 +52,6 @@ def test_argv_clean_env_literal_values_and_binds(image, tmp_path):
 
 
 def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        "container_kernel.runtimes.charliecloud.staging_root", lambda: str(tmp_path / "stage")
-    )
     request = ExecRequest(
         image=str(image),
         command=["python3", "-f", "/home/me/.jupyter/rt/k.json"],
@@ -60,13 +59,13 @@ def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_
         binds=[Bind("/host/rt", "/home/me/.jupyter/rt", staging="connection")],
         workdir="/home/me",
     )
-    argv, _ = exec_command("ch-run", FLAVOUR, request, {})
-    stage = tmp_path / "stage"
+    argv, _ = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
+    stage = f"/tmp/.container-kernel-{os.getuid()}"  # in the container: the host's $TMPDIR
     assert f"--set-env=HOME={stage}/home" in argv
     assert argv[argv.index("-c") + 1] == f"{stage}/home"
     assert argv[-1] == f"{stage}/connection/k.json"
     assert f"/host/rt:{stage}/connection" in argv
-    assert (stage / "home").is_dir()
+    assert (tmp_path / f".container-kernel-{os.getuid()}" / "home").is_dir()  # on the host
 
 
 @pytest.mark.parametrize(
@@ -89,10 +88,7 @@ def test_what_ch_run_cannot_do_is_said_at_start(image, tmp_path, request_, messa
         exec_command("ch-run", FLAVOUR, ExecRequest(**{**request_.__dict__, "image": path}), {})
 
 
-def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        "container_kernel.runtimes.charliecloud.staging_root", lambda: str(tmp_path / "stage")
-    )
+def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path):
     sqfs = tmp_path / "image.sqfs"
     sqfs.write_bytes(b"hsqs" + bytes(100))
     request = ExecRequest(
@@ -101,25 +97,24 @@ def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path, monke
         home=Bind("/host/fake", "/root", staging="home"),
         binds=[Bind("/scratch", "/scratch")],
     )
-    argv, _ = exec_command("ch-run", FLAVOUR, request, {})
-    assert f"--set-env=HOME={tmp_path}/stage/home" in argv
+    argv, _ = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
+    assert f"--set-env=HOME=/tmp/.container-kernel-{os.getuid()}/home" in argv
     assert "/scratch:/scratch" in argv
 
 
 def test_staging_folder_must_be_ours_and_private(image, tmp_path, monkeypatch):
-    stage = tmp_path / "stage"
-    monkeypatch.setattr("container_kernel.runtimes.charliecloud.staging_root", lambda: str(stage))
+    stage = tmp_path / f".container-kernel-{os.getuid()}"
     home = Bind("/h", "/home/me", staging="home")
     request = ExecRequest(image=str(image), command=["x"], home=home)
     stage.mkdir()
     stage.chmod(0o755)
-    exec_command("ch-run", FLAVOUR, request, {})
+    exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
     assert stage.stat().st_mode & 0o777 == 0o700
     (stage / "home").rmdir()
     stage.rmdir()
     stage.symlink_to(tmp_path)  # as if another user had planted it first
     with pytest.raises(ContainerKernelError, match="is not a folder of yours"):
-        exec_command("ch-run", FLAVOUR, request, {})
+        exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
 
 
 def test_uri_images_are_refused_with_what_to_do():

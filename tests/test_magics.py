@@ -186,7 +186,8 @@ def test_fake_home_persists_across_cells_temporary_does_not(ip, tmp_path, capsys
     assert cell(ip, "", write) is None
     assert cell(ip, "", read) is None
     assert capsys.readouterr().out == "True\n"
-    host_home = tmp_path / "jupyter-data" / "container-kernel" / "homes" / f"magic-{image.name}"
+    homes = tmp_path / "jupyter-data" / "container-kernel" / "homes"
+    (host_home,) = homes.glob(f"magic-{image.name}-*")  # one per image path
     assert (host_home / "kept.txt").read_text() == "kept"
     assert host_home.stat().st_mode & 0o777 == 0o700
     assert cell(ip, "--home temporary", write) is None
@@ -205,6 +206,8 @@ def test_fake_home_persists_across_cells_temporary_does_not(ip, tmp_path, capsys
         ("--runtime docker IMG", "invalid choice"),
         ("/nonexistent/image.sif", "Image not found"),
         ("-i x IMG bash", "-i/-o work only"),
+        ("IMG --env A=1 bash", "Options go before IMAGE and COMMAND"),
+        ("--env 'A=1 IMG", "No closing quotation"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(shell, image, line, message):
@@ -235,13 +238,14 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
-def test_interrupt_stops_the_container_and_all_it_started(ip, notebook_dir, monkeypatch):
+def test_interrupt_stops_the_container_and_all_it_started(ip, notebook_dir, monkeypatch, image):
     started: list[subprocess.Popen] = []
 
     class Recording(subprocess.Popen):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            started.append(self)
+            if str(image) in self.args:  # the container, not a runtime's --version probe
+                started.append(self)
 
     monkeypatch.setattr(subprocess, "Popen", Recording)
     body = (
@@ -336,3 +340,42 @@ def test_tour_notebook_runs_the_images_python(
     host_python = next(text for text in texts if text.startswith("host:"))
     assert host_python.split()[1] == sys.executable
     assert "{'mon': 54.5, 'tue': 57.2}" in texts  # -i/-o
+
+
+def test_binds_and_option_precedence(ip, tmp_path, capsys, runtime):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_text("bound")
+    ip.run_line_magic("config", "ContainerMagics.env = {'LEVEL': 'configured', 'KEEP': 'yes'}")
+    body = "import os\nprint(open('/mnt/x.txt').read(), os.environ['LEVEL'], os.environ['KEEP'])\n"
+    read_only = ":ro" if runtime == "apptainer" else ""  # ch-run has no read-only binds
+    assert cell(ip, f"-B {data}:/mnt{read_only} --env LEVEL=cell", body) is None
+    assert capsys.readouterr().out == "bound cell yes\n"  # the cell's option wins, for this cell
+    assert cell(ip, f"-B {data}:/mnt", body) is None
+    assert capsys.readouterr().out == "bound configured yes\n"
+
+
+def test_no_private_folder_or_temporary_home_outlives_a_cell(ip, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert cell(ip, "--home temporary -o x", "x = 1\n") is None
+    assert isinstance(cell(ip, "--home temporary", "raise SystemExit(3)\n"), ContainerCellError)
+    left = [p.name for p in (tmp_path / "tmp").iterdir()]
+    assert [name for name in left if not name.startswith(".container-kernel-")] == []  # ch-run's
+    # shared, empty mount points (charliecloud.staging_name) are all that may stay
+
+
+def test_outputs_survive_a_clean_sys_exit(ip):
+    assert cell(ip, "-o answer", "import sys\nanswer = 42\nsys.exit(0)\n") is None
+    assert ip.user_ns["answer"] == 42
+
+
+def test_help_documents_every_option(shell):
+    help_text = " ".join(shell.find_cell_magic("container").__doc__.split())
+    for flag in ("--bind", "--env", "--pass-env", "--home", "--no-cleanenv", "--gpu",
+                 "--runtime", "-i", "-o", "--out", "--err", "--no-raise-error"):  # fmt: skip
+        assert flag in help_text
+    assert "--cleanenv, --no-cleanenv Start from a clean environment (the default)" in help_text

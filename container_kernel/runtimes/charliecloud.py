@@ -21,7 +21,6 @@ from ..errors import ContainerKernelError
 from .base import Bind, ExecRequest, with_user
 
 EXECUTABLES = ("ch-run",)
-HOST_TMP = Bind("/tmp", "/tmp")  # ch-run's /tmp is the host's
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -41,9 +40,10 @@ def parse_version(text: str) -> Flavour:
     raise ContainerKernelError(msg)
 
 
-def staging_root() -> str:
-    """Shared empty mount points on the host's /tmp, one set per user (mounts are per container)."""
-    return f"/tmp/.container-kernel-{os.getuid()}"
+def staging_name() -> str:
+    """The folder of shared, empty mount points in the container's /tmp, one per user (mounts
+    are per container, so concurrent kernels can share them)."""
+    return f".container-kernel-{os.getuid()}"
 
 
 def exec_command(
@@ -61,10 +61,12 @@ def exec_command(
         msg = f"ch-run runs directory or SquashFS images; {image} is neither (see ch-convert)."
         raise ContainerKernelError(msg)
 
+    # ch-run's /tmp is the host's $TMPDIR (or /tmp): the one place it can mount new folders.
+    host_tmp = Bind(host_env.get("TMPDIR") or "/tmp", "/tmp")
     moved: dict[str, str] = {}  # destination -> where it really goes inside
     binds: list[Bind] = []
     for bind in ([request.home] if request.home else []) + list(request.binds):
-        placed = _place(image, replace(bind, dst=_follow(bind.dst, moved)), binds)
+        placed = _place(image, replace(bind, dst=_follow(bind.dst, moved)), [host_tmp, *binds])
         if placed.dst != bind.dst:
             moved[bind.dst] = placed.dst
         binds.append(placed)
@@ -97,7 +99,8 @@ def _refuse_unsupported(request: ExecRequest) -> None:
 
 
 def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
-    """Where `bind` can be mounted: its own destination if ch-run can mount there, else staged.
+    """Where `bind` can be mounted: its own destination if ch-run can mount there, else staged
+    under the container's /tmp (`earlier[0]`, the host's $TMPDIR bound there).
 
     Inside a SquashFS file nothing is known without mounting it: our own folders are staged,
     user binds go where asked (ch-run's own error reports a missing destination).
@@ -106,9 +109,9 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
     if mountable or (mountable is None and not bind.staging):
         return bind
     if bind.staging:
-        staged = _private_staging() / bind.staging
-        staged.mkdir(exist_ok=True)
-        return replace(bind, dst=str(staged))
+        host_tmp = earlier[0].src
+        (_private_staging(host_tmp) / bind.staging).mkdir(exist_ok=True)
+        return replace(bind, dst=f"/tmp/{staging_name()}/{bind.staging}")
     msg = (
         f"ch-run cannot create {bind.dst} in the read-only image {image}: bind {bind.src} to a "
         "destination that exists in the image or is under /tmp."
@@ -116,9 +119,9 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
     raise ContainerKernelError(msg)
 
 
-def _private_staging() -> Path:
+def _private_staging(host_tmp: str) -> Path:
     """The staging folder in the shared /tmp: ours alone (another user could create it first)."""
-    root = Path(staging_root())
+    root = Path(host_tmp, staging_name())
     with contextlib.suppress(FileExistsError):
         root.mkdir(mode=0o700)
     info = root.lstat()
@@ -132,8 +135,8 @@ def _private_staging() -> Path:
 
 def _can_mount_at(image: Path, dst: str, earlier: list[Bind]) -> bool | None:
     """ch-run mounts only over an existing folder: in the image, or on the host for a path
-    under another bind (the host's /tmp is one). None: unknown (inside a SquashFS file)."""
-    for bind in [*reversed(earlier), HOST_TMP]:
+    under another bind (`earlier` starts with /tmp's). None: unknown (inside a SquashFS file)."""
+    for bind in reversed(earlier):
         if _within(dst, bind.dst):
             return os.path.isdir(bind.src + dst[len(bind.dst) :])
     if not image.is_dir():
