@@ -30,11 +30,12 @@ def persistent_home(home_root: str, kernel_name: str) -> Path:
 
 
 def temporary_home() -> Path:
-    """A fresh home for one kernel; `remove_home` deletes it at shutdown."""
+    """A fresh home for one kernel; `remove` deletes it at shutdown."""
     return Path(tempfile.mkdtemp(prefix="container-kernel-home-"))
 
 
-def remove_home(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a private folder: a temporary home, or a kernel's copy of its connection file."""
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -189,7 +189,7 @@ class ContainerMagics(ContainerSettings, Magics):
                     self._execute(launch, args, f"{command[0]} in {settings.image}", Path(folder))
                 finally:
                     if settings.home == "temporary" and home is not None:
-                        homes.remove_home(home)
+                        homes.remove(home)
         except (ContainerKernelError, TraitError) as err:
             raise UsageError(str(err)) from None
 

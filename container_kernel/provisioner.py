@@ -49,7 +49,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
         kwargs = await super().pre_launch(**kwargs)
-        cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
+        cwd = self._kernel_cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         command, connection_bind = self._private_connection_file(
             self._command_inside(kwargs["cmd"])
         )
@@ -72,13 +72,11 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             # retry forever): launch a process that fails with the reason, so it gives up.
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", str(err)]
             kwargs.update(cmd=failing, cwd=cwd)
-            self._kernel_cwd = cwd
             return kwargs
         self._forwards_signals = launch.runtime.forwards_signals
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
-        self._kernel_cwd = cwd
         return kwargs
 
     def _command_inside(self, cmd: list[str]) -> list[str]:
@@ -193,7 +191,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         if not restart:
             for folder in (self._temporary_home, self._connection_dir):
                 if folder is not None:
-                    homes.remove_home(folder)
+                    homes.remove(folder)
             self._temporary_home = self._connection_dir = None
         await super().cleanup(restart=restart)
 
