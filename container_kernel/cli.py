@@ -13,6 +13,7 @@ from traitlets import TraitError
 from . import kernelspec
 from .errors import ContainerKernelError, runtime_message
 from .launch import check_image, plan
+from .sessions import Session
 from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
 
 PROBE = (
@@ -26,10 +27,17 @@ def probe(settings: ContainerSettings, interpreter: str = "python3") -> str:
 
     Returns "EXECUTABLE PYTHON_VERSION IPYKERNEL_VERSION"; raises with the runtime's message.
     """
-    launch = plan(settings, [interpreter, "-c", PROBE], cwd="/", home=None, host_env=os.environ)
-    out = subprocess.run(
-        launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
-    )
+    session = Session.create()
+    try:
+        launch = plan(
+            settings, [interpreter, "-c", PROBE], cwd="/", home=None, host_env=os.environ,
+            session=session,
+        )  # fmt: skip
+        out = subprocess.run(
+            launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
+        )
+    finally:
+        session.end()
     if out.returncode != 0:
         msg = (
             f"{interpreter} with ipykernel does not run in {settings.image}: "

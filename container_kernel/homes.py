@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -29,14 +27,9 @@ def persistent_home(home_root: str, kernel_name: str) -> Path:
     return private_dir(Path(home_root).expanduser() / safe_name)
 
 
-def temporary_home() -> Path:
-    """A fresh home for one kernel; `remove` deletes it at shutdown."""
-    return Path(tempfile.mkdtemp(prefix="container-kernel-home-"))
-
-
-def remove(path: Path) -> None:
-    """Delete a private folder: a temporary home, or a kernel's copy of its connection file."""
-    shutil.rmtree(path, ignore_errors=True)
+def temporary_home(session_folder: Path) -> Path:
+    """A fresh home in a kernel's or cell's private session folder: it goes with the session."""
+    return private_dir(session_folder / "home")
 
 
 def resolve_home(home: str, home_root: str, kernel_name: str) -> Path | None:

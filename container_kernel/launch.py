@@ -15,11 +15,15 @@ from .environment import container_environment
 from .errors import ContainerKernelError
 from .homes import home_inside
 from .runtimes import Bind, ExecRequest, Runtime, find_runtime, parse_bind
+from .sessions import Session
 from .settings import ContainerSettings
 
 # Where the working directory goes when binding it at its own path would hide the fake home
 # (a notebook opened in the home folder itself) or a system folder of the image.
 NOTEBOOK_MOUNT = "/mnt/notebook"
+# Where our private folder (connection-file copy...) goes when the container shares the host's
+# /tmp; with a private /tmp, it is that /tmp.
+PRIVATE_MOUNT = "/mnt/container-kernel"
 # Apptainer's own list of folders its current-directory mount never covers.
 SYSTEM_DIRS = frozenset({"/etc", "/bin", "/mnt", "/usr", "/var", "/opt", "/sbin", "/lib", "/lib64"})
 
@@ -61,16 +65,32 @@ def user_binds(specs: Sequence[str]) -> list[Bind]:
     return binds
 
 
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
     """Bind the working directory at its own path, or at NOTEBOOK_MOUNT where that would
-    cover the fake home or one of the image's system folders."""
+    touch the fake home or cover one of the image's system folders."""
     if cwd == "/":
         return None
+    # A folder at, above or under the home inside: binding it there would cover the fake home,
+    # or make the runtime create its path as empty folders in the fake home.
     covers_home = inside_home is not None and (
-        inside_home == cwd or inside_home.startswith(cwd.rstrip("/") + "/")
+        _within(inside_home, cwd) or _within(cwd, inside_home)
     )
     covers_system = cwd in SYSTEM_DIRS or cwd.startswith(("/proc/", "/sys/", "/dev/"))
     return Bind(cwd, NOTEBOOK_MOUNT if covers_home or covers_system else cwd, staging="notebook")
+
+
+def private_mount(settings: ContainerSettings, session: Session) -> Bind:
+    """The session's folder that the container sees, and where: its private /tmp, or (when the
+    host's /tmp is shared) a folder of its own at PRIVATE_MOUNT."""
+    if not settings.share_tmp:
+        return Bind(str(session.tmp), "/tmp")
+    folder = session.folder / "private"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return Bind(str(folder), PRIVATE_MOUNT, staging="private")
 
 
 def build_request(
@@ -80,23 +100,29 @@ def build_request(
     cwd: str,
     home: Path | None,
     host_env: Mapping[str, str],
+    session: Session,
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
 ) -> ExecRequest:
     """Everything the runtime needs to know, decided once for every backend.
 
-    `home` is the host folder of the fake home (None: no home mount); `named_env` names host
-    variables the caller owns (a kernel spec's `env`); `extra_binds` are the caller's own
-    (a connection file's folder).
+    `home` is the host folder of the fake home (None: no home mount); `session` the launch's
+    private folder and mark; `named_env` names host variables the caller owns (a kernel spec's
+    `env`); `extra_binds` are the caller's own.
     """
     inside_home = home_inside() if home is not None else None
     workdir = workdir_mount(cwd, inside_home)
+    private = private_mount(settings, session)
     binds = [*extra_binds, *user_binds(settings.binds)]
+    if settings.share_tmp:
+        binds.insert(0, private)
     if workdir:
         binds.append(workdir)
     env = container_environment(
         host_env, named=named_env, patterns=settings.pass_env, values=settings.env
     )
+    env.update(session.environment)
+    private_tmp = not settings.share_tmp
     return ExecRequest(
         image=check_image(settings.image),
         command=list(command),
@@ -107,6 +133,10 @@ def build_request(
         cleanenv=settings.cleanenv,
         gpu=settings.gpu,
         extra_args=list(settings.runtime_args),
+        tmp=str(session.tmp) if private_tmp else None,
+        var_tmp=str(session.var_tmp) if private_tmp else None,
+        private=private,
+        host_private=str(session.folder),
     )
 
 
@@ -117,6 +147,7 @@ def plan(
     cwd: str,
     home: Path | None,
     host_env: Mapping[str, str],
+    session: Session,
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
 ) -> Launch:
@@ -127,11 +158,20 @@ def plan(
     """
     runtime = find_runtime(settings.runtime, settings.runtime_path)
     request = build_request(
-        settings, command, cwd=cwd, home=home, host_env=host_env, named_env=named_env,
-        extra_binds=extra_binds,
+        settings, command, cwd=cwd, home=home, host_env=host_env, session=session,
+        named_env=named_env, extra_binds=extra_binds,
     )  # fmt: skip
-    argv, env = runtime.exec_command(request, host_env)
-    return Launch(argv, env, cwd if request.workdir == cwd else "/", runtime)
+    command = runtime.exec_command(request, host_env)
+    for path, text in command.files.items():
+        _write_private(Path(path), text)
+    return Launch(command.argv, command.env, cwd if request.workdir == cwd else "/", runtime)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only we can read (values of the kernel's environment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _dedupe(binds: list[Bind]) -> list[Bind]:

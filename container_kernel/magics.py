@@ -2,27 +2,20 @@
 
 The magics are a third face on the shared settings: `ContainerMagics` *is* a `ContainerSettings`,
 so `%config ContainerMagics.binds = [...]` and a config file's `c.ContainerSettings.binds` both
-reach it, and every command goes through `launch.plan`, like the provisioner's.
+reach it, and every command goes through `launch.plan`, like the provisioner's. This module
+parses options and moves values; cells.py runs the command (its session, output, interrupts).
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
-import contextlib
 import hashlib
 import os
 import pickle
-import queue
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections import deque
 from pathlib import Path
 
 from IPython.core import magic_arguments
@@ -30,17 +23,15 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import TraitError
 
-from . import homes, processes
+from . import cells, homes
 from .errors import ContainerKernelError, runtime_message
 from .kernelspec import default_kernel_name
 from .launch import plan
-from .runtimes import Bind
+from .sessions import Session
 from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
 
 PYTHON = re.compile(r"python[0-9.]*")
 IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
-STDERR_TAIL = 10
-INTERRUPT_GRACE = 2.0  # seconds between SIGINT and SIGTERM, and between SIGTERM and SIGKILL
 
 # Runs inside the container (any Python 3.6+), as `python3 run.py FOLDER`: FOLDER comes as an
 # argument, so a runtime that relocates the folder rewrites it. It loads the -i values, runs the
@@ -174,22 +165,18 @@ class ContainerMagics(ContainerSettings, Magics):
             if command[0].startswith("-"):
                 msg = f"Options go before IMAGE and COMMAND; {command[0]!r} came after them."
                 raise UsageError(msg)
-            with tempfile.TemporaryDirectory(prefix="container-magic-") as folder:
-                inside = self._prepare(args, cell, command, Path(folder))
-                home = self._home(settings)
-                try:
-                    launch = plan(
-                        settings,
-                        inside,
-                        cwd=os.getcwd(),
-                        home=home,
-                        host_env=os.environ,
-                        extra_binds=[Bind(folder, folder, staging="magic")],
-                    )
-                    self._execute(launch, args, f"{command[0]} in {settings.image}", Path(folder))
-                finally:
-                    if settings.home == "temporary" and home is not None:
-                        homes.remove(home)
+            with cells.cell_session() as session:  # private: never in the host's /tmp
+                host, inside = cells.files_folder(settings, session)
+                argv = self._prepare(args, cell, command, host, inside)
+                launch = plan(
+                    settings,
+                    argv,
+                    cwd=os.getcwd(),
+                    home=self._home(settings, session),
+                    host_env=os.environ,
+                    session=session,
+                )
+                self._execute(launch, session, args, f"{command[0]} in {settings.image}", host)
         except (ContainerKernelError, TraitError) as err:
             raise UsageError(str(err)) from None
 
@@ -211,18 +198,21 @@ class ContainerMagics(ContainerSettings, Magics):
             raise UsageError(msg)
         return ContainerSettings(**{**values, **given})
 
-    def _home(self, settings: ContainerSettings) -> Path | None:
-        """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one for
-        this cell."""
+    def _home(self, settings: ContainerSettings, session: Session) -> Path | None:
+        """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one in
+        the cell's session, which goes with it."""
         if settings.home == "temporary":
-            return homes.temporary_home()
+            return homes.temporary_home(session.folder)
         digest = hashlib.sha256(settings.image.encode()).hexdigest()[:8]
         name = f"magic-{default_kernel_name(settings.image)}-{digest}"
         return homes.resolve_home(settings.home, settings.home_root, name)
 
-    def _prepare(self, args, cell: str | None, command: list[str], folder: Path) -> list[str]:
-        """The command inside, the cell's files written to the private `folder`. Their paths go
-        in as arguments: a runtime that relocates the folder rewrites them there only."""
+    def _prepare(
+        self, args, cell: str | None, command: list[str], host: Path, inside: str
+    ) -> list[str]:
+        """The command inside, the cell's files written to the private folder (`host`, seen as
+        `inside`). Their paths go in as arguments: a runtime that relocates the folder rewrites
+        them there only."""
         is_python = bool(PYTHON.fullmatch(os.path.basename(command[0])))
         if (args.input or args.output) and (cell is None or not is_python):
             msg = "-i/-o work only in a %%container cell run by a Python interpreter."
@@ -230,8 +220,8 @@ class ContainerMagics(ContainerSettings, Magics):
         if cell is None:
             return command
         if not is_python:
-            (folder / "cell").write_text(cell)
-            return [*command, str(folder / "cell")]
+            (host / "cell").write_text(cell)
+            return [*command, f"{inside}/cell"]
         inputs = {}
         for name in args.input:
             if name not in self.shell.user_ns:
@@ -241,57 +231,37 @@ class ContainerMagics(ContainerSettings, Magics):
             except Exception as err:  # pickling raises many types; each means "cannot send"
                 msg = f"-i {name}: cannot send it into the container ({type(err).__name__}: {err})."
                 raise UsageError(msg) from None
-        (folder / "in.pickle").write_bytes(pickle.dumps(inputs, protocol=4))
-        (folder / "cell.py").write_text(cell)
-        (folder / "run.py").write_text(RUNNER)
-        return [*command, str(folder / "run.py"), str(folder), *args.output]
+        (host / "in.pickle").write_bytes(pickle.dumps(inputs, protocol=4))
+        (host / "cell.py").write_text(cell)
+        (host / "run.py").write_text(RUNNER)
+        return [*command, f"{inside}/run.py", inside, *args.output]
 
-    def _execute(self, launch, args: argparse.Namespace, what: str, folder: Path) -> None:
-        """Run, stream both outputs live, stop everything on interrupt, raise on failure."""
+    def _execute(self, launch, session: Session, args, what: str, folder: Path) -> None:
+        """Run, stream both outputs live (or capture them), raise on failure or interrupt."""
         captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        tail: deque[str] = deque(maxlen=STDERR_TAIL)
-        with _deferred_interrupts() as interrupts:
-            proc = subprocess.Popen(
-                launch.argv,
-                env=launch.env,
-                cwd=launch.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # its own group: what the cell starts is killed with it
-            )
-            # Background processes the cell left would hold the pipes open: they end with it.
-            reaper = threading.Thread(target=_end_group, args=(proc,), daemon=True)
-            reaper.start()
-            try:
-                for name, text in _lines(proc, interrupts.events):
-                    if name == "stderr":
-                        tail.append(text[:500])
-                    if args.out if name == "stdout" else args.err:
-                        captured[name].append(text)
-                    else:
-                        stream = sys.stdout if name == "stdout" else sys.stderr
-                        stream.write(text)
-                        stream.flush()
-            except KeyboardInterrupt:
-                how = _stop(proc, reaper, interrupts, launch.runtime.forwards_signals)
-                for name, text in _drain(interrupts.events):  # the process's last words
-                    (sys.stdout if name == "stdout" else sys.stderr).write(text)
-                if args.raise_error:
-                    raise KeyboardInterrupt(f"the container process was {how}") from None
-                print(f"The container process was {how}.")
-                return
-            finally:
-                if reaper.is_alive():  # an error while streaming: nothing may outlive the cell
-                    processes.kill_group(proc.pid)
-                reaper.join()
-                proc.wait()  # only now: the group was killed while its id was still ours
-                for name, var in (("stdout", args.out), ("stderr", args.err)):
-                    if var:
-                        self.shell.user_ns[var] = "".join(captured[name])
-        if proc.returncode != 0 and args.raise_error:
-            raise ContainerCellError(proc.returncode, launch.argv, what, list(tail))
-        if proc.returncode == 0 and args.output:
+
+        def write(name: str, text: str) -> None:
+            if args.out if name == "stdout" else args.err:
+                captured[name].append(text)
+            else:
+                stream = sys.stdout if name == "stdout" else sys.stderr
+                stream.write(text)
+                stream.flush()
+
+        try:
+            result = cells.run(launch, session, write)
+        finally:
+            for name, var in (("stdout", args.out), ("stderr", args.err)):
+                if var:
+                    self.shell.user_ns[var] = "".join(captured[name])
+        if result.stopped:
+            if args.raise_error:
+                raise KeyboardInterrupt(f"the container process was {result.stopped}")
+            print(f"The container process was {result.stopped}.")
+            return
+        if result.returncode != 0 and args.raise_error:
+            raise ContainerCellError(result.returncode, launch.argv, what, result.tail)
+        if result.returncode == 0 and args.output:
             if not (folder / "out.pickle").exists():
                 msg = "-o: the cell ended before its variables could be collected."
                 raise UsageError(msg)
@@ -315,102 +285,3 @@ class ContainerMagics(ContainerSettings, Magics):
 def _looks_like_image(word: str) -> bool:
     """An image named on the line, not a command (`bash`, `/opt/conda/bin/python`)."""
     return "://" in word or word.endswith(IMAGE_SUFFIXES) or os.path.isdir(word)
-
-
-class _Interrupts:
-    """SIGINT while a container runs (Ctrl-C, a kernel interrupt), deferred: queued as an event
-    that `_lines` turns into KeyboardInterrupt between lines (an OutStream interrupted mid-flush
-    can lose the next cell's output), and counted, so that `_stop` escalates on another one.
-    SimpleQueue.put is safe in a signal handler."""
-
-    def __init__(self) -> None:
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.count = 0
-
-    def __call__(self, *_) -> None:
-        self.count += 1
-        self.events.put(("interrupt", None))
-
-
-@contextlib.contextmanager
-def _deferred_interrupts():
-    """Install an `_Interrupts` as the SIGINT handler (Python delivers SIGINT to the main thread
-    only: in an ipykernel subshell the cell cannot be interrupted)."""
-    interrupts = _Interrupts()
-    if threading.current_thread() is not threading.main_thread():
-        yield interrupts
-        return
-    previous = signal.signal(signal.SIGINT, interrupts)
-    try:
-        yield interrupts
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _lines(proc: subprocess.Popen, events: queue.SimpleQueue):
-    """(stream name, line) pairs from both pipes as they come, yielded in the main thread, where
-    ipykernel expects the cell's output; KeyboardInterrupt when an interrupt arrives."""
-    for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-        threading.Thread(target=_read, args=(pipe, name, events), daemon=True).start()
-    open_pipes = 2
-    while open_pipes:
-        name, text = events.get()
-        if name == "interrupt":
-            raise KeyboardInterrupt
-        if text is None:
-            open_pipes -= 1
-        else:
-            yield name, text
-
-
-def _read(pipe, name: str, lines: queue.Queue) -> None:
-    """One pipe, line by line, as UTF-8; stops on empty bytes, then flushes the decoder."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with pipe:
-        for raw in iter(pipe.readline, b""):
-            lines.put((name, decoder.decode(raw)))
-        if rest := decoder.decode(b"", final=True):
-            lines.put((name, rest))
-    lines.put((name, None))
-
-
-def _stop(
-    proc: subprocess.Popen, reaper: threading.Thread, interrupts: _Interrupts, forwards: bool
-) -> str:
-    """SIGINT, then SIGTERM, then SIGKILL to the whole group; another interrupt meanwhile goes
-    straight to SIGKILL. SIGINT and SIGTERM go to a runtime parent alone when it forwards them
-    (the group would get them twice), else to the group (ch-run execs the command). Done when
-    the reaper is: the process has exited and its group is gone."""
-    seen = interrupts.count
-    for signum, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
-        with contextlib.suppress(ProcessLookupError):
-            if forwards:
-                os.kill(proc.pid, signum)
-            else:
-                os.killpg(proc.pid, signum)
-        deadline = time.monotonic() + INTERRUPT_GRACE
-        while reaper.is_alive() and time.monotonic() < deadline and interrupts.count == seen:
-            reaper.join(0.05)
-        if not reaper.is_alive():
-            return how
-        if interrupts.count != seen:
-            break
-    processes.kill_group(proc.pid)  # not reaped yet: the group id is still ours
-    return "killed"
-
-
-def _drain(events: queue.SimpleQueue) -> list[tuple[str, str]]:
-    """The lines still queued, without interrupts and end-of-pipe marks."""
-    drained = []
-    while not events.empty():
-        name, text = events.get()
-        if name != "interrupt" and text is not None:
-            drained.append((name, text))
-    return drained
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """Wait for the runtime parent to exit and kill what it left in its group, leaving the
-    parent unreaped (its pid, the group id, stays ours) for the main thread's proc.wait()."""
-    processes.wait_unreaped(proc.pid)
-    processes.kill_group(proc.pid)

@@ -31,3 +31,33 @@ def kill_group(pgid: int | None) -> None:
     if pgid and pgid != os.getpgid(0):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def signal_pids(pids: list[int], signum: int) -> None:
+    """Send `signum` to each of `pids` that still exists."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def die_with_parent_setup():
+    """A Popen `preexec_fn` that SIGKILLs the child when the process that started it dies
+    (a SIGKILLed Jupyter server): Apptainer's starter outlives its parent otherwise.
+    The C library is loaded here, before the fork, so the child only makes one system call."""
+    global _libc  # noqa: PLW0603 (loaded once per process)
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    parent, prctl = os.getpid(), _libc.prctl
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call: too late to be told
+            os._exit(1)
+
+    return setup

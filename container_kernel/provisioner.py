@@ -2,7 +2,7 @@
 
 It wraps only what it must: the command and environment (pre_launch), where signals go
 (send_signal), a start-up check that reports the runtime's own error, and the removal of what
-a kernel leaves: its private folders and any process left in its group.
+a kernel leaves: its session (private folder, and every process that carries its mark).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import deque
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float
 
-from . import homes, processes
+from . import homes, processes, sessions
 from .errors import ContainerKernelError, runtime_message
-from .launch import plan
-from .runtimes import Bind
+from .launch import plan, private_mount
+from .sessions import Session
 from .settings import ContainerSettings
 
 
@@ -40,7 +39,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     )
 
     _temporary_home: Path | None = None
-    _connection_dir: Path | None = None  # this kernel's own copy of its connection file
+    _session: Session | None = None  # private folder (connection-file copy, /tmp) and mark
     _restarting = False
     _stderr_tail: deque[str] | None = None
     _stderr_reader: threading.Thread | None = None
@@ -50,27 +49,16 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
         kwargs = await super().pre_launch(**kwargs)
         cwd = self._kernel_cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-        command, connection_bind = self._private_connection_file(
-            self._command_inside(kwargs["cmd"])
-        )
         try:
-            launch = plan(
-                self,
-                command,
-                cwd=cwd,
-                home=self._home(),
-                # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel needs it too.
-                host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
-                named_env=list(self.kernel_spec.env),
-                extra_binds=[connection_bind],
-            )
-        except ContainerKernelError as err:
-            if not self._restarting:
-                await self.cleanup(restart=False)  # the connection copy and a temporary home
-                raise
+            launch = self._plan(kwargs, cwd)
+        except (ContainerKernelError, OSError) as err:
+            message = str(err) if isinstance(err, ContainerKernelError) else _os_message(err)
+            if not self._restarting or not self._has_restarter():
+                await self.cleanup(restart=False)  # the session and a temporary home
+                raise ContainerKernelError(message) from None
             # jupyter_client's restarter counts only restarts that launch something (it would
             # retry forever): launch a process that fails with the reason, so it gives up.
-            failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", str(err)]
+            failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
             kwargs.update(cmd=failing, cwd=cwd)
             return kwargs
         self._forwards_signals = launch.runtime.forwards_signals
@@ -79,6 +67,36 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
         return kwargs
 
+    def _plan(self, kwargs: dict[str, Any], cwd: str):
+        if getattr(self.parent, "transport", "tcp") != "tcp":
+            msg = (
+                "The ipc transport cannot reach into a container (its sockets sit beside the "
+                "connection file, on the host): use tcp, the default."
+            )
+            raise ContainerKernelError(msg)
+        if self._session is None:
+            sessions.sweep()  # what crashed servers left
+            self._session = Session.create()
+        else:
+            self._session.kill_processes()  # a restart: what the last kernel left, setsid'd too
+        command = self._private_connection_file(self._command_inside(kwargs["cmd"]))
+        return plan(
+            self,
+            command,
+            cwd=cwd,
+            home=self._home(),
+            # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel needs it too.
+            host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
+            session=self._session,
+            named_env=list(self.kernel_spec.env),
+        )
+
+    def _has_restarter(self) -> bool:
+        """Whether jupyter_client's restarter watches this kernel and will count a failed
+        restart (a server's kernels); without one the caller must see the failure."""
+        km = self.parent
+        return bool(getattr(km, "autorestart", False) and getattr(km, "_restarter", None))
+
     def _command_inside(self, cmd: list[str]) -> list[str]:
         """Undo `format_kernel_cmd`'s rewrite of `python3` to the HOST interpreter."""
         spec_argv0 = self.kernel_spec.argv[0]
@@ -86,26 +104,24 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             return [spec_argv0, *cmd[1:]]
         return list(cmd)
 
-    def _private_connection_file(self, command: list[str]) -> tuple[list[str], Bind]:
-        """Copy the connection file into a folder of this kernel's own, and point the command
-        there: binding Jupyter's runtime folder would show the kernel every other kernel's key
-        and the server's token."""
+    def _private_connection_file(self, command: list[str]) -> list[str]:
+        """Copy the connection file into the session's folder that the kernel sees (its /tmp),
+        and point the command there: binding Jupyter's runtime folder would show the kernel
+        every other kernel's key and the server's token."""
         original = os.path.realpath(self.parent.connection_file)
-        if self._connection_dir is None:
-            self._connection_dir = Path(tempfile.mkdtemp(prefix="container-kernel-"))
-        copy = self._connection_dir / os.path.basename(original)
+        folder = private_mount(self, self._session)
+        name = os.path.basename(original)
+        copy = Path(folder.src, name)
         shutil.copyfile(original, copy)  # again at each restart: ports may be new
         copy.chmod(0o600)
-        folder = str(self._connection_dir)
-        command = [arg.replace(original, str(copy)) for arg in command]
-        return command, Bind(folder, folder, staging="connection")
+        return [arg.replace(original, f"{folder.dst}/{name}") for arg in command]
 
     def _home(self) -> Path | None:
         if self.home != "temporary":
             kernel_name = getattr(self.parent, "kernel_name", "") or "default"
             return homes.resolve_home(self.home, self.home_root, kernel_name)
-        if self._temporary_home is None:
-            self._temporary_home = homes.temporary_home()
+        if self._temporary_home is None:  # kept across restarts, ends with the session
+            self._temporary_home = homes.temporary_home(self._session.folder)
         return self._temporary_home
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
@@ -115,6 +131,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         capture = kwargs.get("stderr") is None
         if capture:
             kwargs["stderr"] = subprocess.PIPE
+        kwargs["preexec_fn"] = processes.die_with_parent_setup()  # a SIGKILLed server, too
         connection_info = await super().launch_kernel(cmd, **kwargs)
         self.cwd = self._kernel_cwd
         if capture:
@@ -124,7 +141,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             self._restarting = False
             return connection_info
         message = await self._startup_failure(status)
-        if self._restarting:  # let the restarter count this death and give up at its limit
+        if self._restarting and self._has_restarter():  # it counts deaths, gives up at a limit
             self.log.error("container-kernel: %s", message)
             return connection_info
         await self.cleanup(restart=False)
@@ -170,30 +187,43 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
 
     async def poll(self) -> int | None:
         """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped,
-        kill what it left in its process group (see processes.py)."""
+        kill what it left: its process group (see processes.py) and its session's processes."""
         if self.process and self.process.returncode is None and processes.exited(self.process.pid):
             processes.kill_group(self.pgid)
+            if self._session is not None:
+                self._session.kill_processes()
         return await super().poll()
 
     async def send_signal(self, signum: int) -> None:
-        """A runtime that forwards signals (Apptainer's starter) gets them alone: signalling
-        the whole group, as LocalProvisioner does, would deliver an interrupt twice. A runtime
-        that execs the kernel (ch-run) has no one to forward: its group gets them, as usual."""
+        """A runtime that forwards signals (Apptainer's starter) must not get an interrupt too:
+        it would reach the kernel twice. So SIGINT goes to the kernel and what it runs in its
+        group (they carry the session's mark), other signals to the runtime parent alone, which
+        forwards them. A runtime that execs the kernel (ch-run) has no one to forward: its group
+        gets them, as usual."""
         status = await self.poll()  # (Popen.send_signal would reap the parent without our care)
         if status is None and self._forwards_signals and signum != signal.SIGKILL:
-            self.process.send_signal(signum)
+            if signum == signal.SIGINT and self._session is not None:
+                processes.signal_pids(self._session.inside_processes(self.pgid), signum)
+            else:
+                self.process.send_signal(signum)
             return
         await super().send_signal(signum)
 
     async def cleanup(self, restart: bool = False) -> None:
-        """Remove this kernel's private folders at shutdown; keep them across a restart."""
+        """End this kernel's session at shutdown (what it started, its private folder with a
+        temporary home); keep it across a restart."""
         self._restarting = restart
         if not restart:
-            for folder in (self._temporary_home, self._connection_dir):
-                if folder is not None:
-                    homes.remove(folder)
-            self._temporary_home = self._connection_dir = None
+            if self._session is not None:
+                self._session.end()
+            self._temporary_home = self._session = None
         await super().cleanup(restart=restart)
+
+
+def _os_message(err: OSError) -> str:
+    """An OSError while preparing a start, as one line that says what failed and where."""
+    where = f": {err.filename}" if err.filename else ""
+    return f"Cannot prepare the kernel's files ({err.strerror or err}){where}."
 
 
 def _tee(stream, tail: deque[str]) -> None:

@@ -90,6 +90,13 @@ class ContainerSettings(LoggingConfigurable):
         config=True,
         help="Extra arguments for the runtime's exec command, placed before the image.",
     )
+    share_tmp = Bool(
+        False,
+        config=True,
+        help="""Share the host's /tmp (and Apptainer's /var/tmp) with the container. Off by
+        default: each kernel or cell gets a private /tmp of its own, removed at its end, so no
+        kernel sees another's files.""",
+    )
 
     @default("image")
     def _default_image(self) -> str:
@@ -145,6 +152,9 @@ ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
     (("--gpu",), "gpu", {"action": argparse.BooleanOptionalAction, "help": (
         "Make the host's NVIDIA GPUs usable inside (--nv); pass CUDA_VISIBLE_DEVICES with "
         "--pass-env. Not with ch-run.")}),
+    (("--share-tmp",), "share_tmp", {"action": argparse.BooleanOptionalAction, "help": (
+        "Share the host's /tmp with the container; by default it gets a private /tmp of its "
+        "own.")}),
     (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
         "An extra argument for the runtime's exec, before the image (repeatable; "
         "--runtime-arg=--rocm).")}),

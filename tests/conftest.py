@@ -1,5 +1,10 @@
 """Shared fixtures: the real test image (built once, cached outside the repo), the apptainer
-test double, and isolated Jupyter folders with a kernel spec that uses the provisioner."""
+test double, and isolated Jupyter folders with a kernel spec that uses the provisioner.
+
+`CONTAINER_KERNEL_TEST_IMAGE` names a prebuilt test image to use instead of building one (building
+needs root: scripts/test-as-user gives its unprivileged user a copy). `--soak-cycles N` sets how
+many lifecycle cycles the soak tests run (`pytest -m soak --soak-cycles 50`).
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,36 @@ DOUBLE_DIR = REPO / "tests" / "apptainer_double"
 IMAGE_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "container-kernel/images"
 )
+IMAGE_MARK = ".container-kernel-image"  # what scripts/build-image writes last
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak-cycles",
+        type=int,
+        default=3,
+        metavar="N",
+        help="lifecycle cycles per soak test (default 3; e.g. -m soak --soak-cycles 50)",
+    )
+
+
+@pytest.fixture(scope="session")
+def soak_cycles(pytestconfig) -> int:
+    cycles = pytestconfig.getoption("--soak-cycles")
+    assert cycles >= 1, "--soak-cycles must be at least 1"
+    return cycles
 
 
 @pytest.fixture(scope="session")
 def image() -> Path:
-    """A Debian root filesystem with its own python3 and ipykernel (scripts/build-image)."""
+    """A Debian root filesystem with its own python3 and ipykernel (scripts/build-image), or
+    the prebuilt one `CONTAINER_KERNEL_TEST_IMAGE` names."""
+    if prebuilt := os.environ.get("CONTAINER_KERNEL_TEST_IMAGE"):
+        path = Path(prebuilt)
+        assert (path / IMAGE_MARK).is_file(), (
+            f"CONTAINER_KERNEL_TEST_IMAGE={prebuilt} is not a test image (no {IMAGE_MARK})"
+        )
+        return path
     out = subprocess.run(
         [REPO / "scripts" / "build-image"],
         capture_output=True,
@@ -33,12 +63,12 @@ def image() -> Path:
 
 @pytest.fixture(scope="session")
 def squashfs_image(image) -> Path:
-    """The test image as one SquashFS file (ch-run mounts it with squashfuse), made once."""
-    sqfs = image.with_suffix(".sqfs")
-    if (
-        not sqfs.exists()
-        or sqfs.stat().st_mtime < (image / ".container-kernel-image").stat().st_mtime
-    ):
+    """The test image as one SquashFS file (ch-run mounts it with squashfuse), made once, beside
+    the image (or in our cache, when the image's folder is someone else's)."""
+    folder = image.parent if os.access(image.parent, os.W_OK) else IMAGE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    sqfs = folder / f"{image.name}.sqfs"
+    if not sqfs.exists() or sqfs.stat().st_mtime < (image / IMAGE_MARK).stat().st_mtime:
         partial = sqfs.with_suffix(".sqfs.partial")
         subprocess.run(
             ["mksquashfs", image, partial, "-comp", "lz4", "-noappend", "-quiet", "-no-progress"],

@@ -339,3 +339,37 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_the_host_tmp_is_bound_by_default(run, tmp_path):
+    # tmp_path lives in the host's /tmp: a kernel that does not hide it sees every other's files
+    (tmp_path / "on-the-host").write_text("seen")
+    result = run("cat", str(tmp_path / "on-the-host"))
+    assert (result.returncode, result.stdout) == (0, "seen")
+
+
+def test_a_bind_over_tmp_hides_the_hosts(run, tmp_path):
+    (tmp_path / "on-the-host").write_text("seen")
+    private = tmp_path / "private"
+    private.mkdir()
+    result = run("ls", "-A", "/tmp", options=["--bind", f"{private}:/tmp"])
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_runtime_parent_outlives_its_own_parent(apptainer_double, image):
+    # A SIGKILLed Jupyter server: nothing tells the starter, so it and the payload live on.
+    launcher = subprocess.Popen(
+        ["python3", "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]);"
+         "print(p.pid, flush=True); p.wait()",
+         str(apptainer_double), "exec", str(image), "sleep", "300"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    starter = int(launcher.stdout.readline())
+    try:
+        launcher.kill()
+        launcher.wait(timeout=10)
+        time.sleep(1)
+        assert alive(starter)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.stdout.close()

@@ -30,25 +30,42 @@ def test_parse_version():
 def test_argv_clean_env_literal_values_and_binds(image, tmp_path):
     home = tmp_path / "fake-home"
     (home / ".local/share/jupyter/runtime").mkdir(parents=True)
+    private = tmp_path / "session"
     request = ExecRequest(
         image=str(image),
         command=["python3", "-f", "/root/.local/share/jupyter/runtime/k.json"],
-        env={"A": "$(id) $HOME"},
+        env={"A": "$(id) $HOME", "Q": "'single'", "E": ""},
         home=Bind(str(home), "/root", staging="home"),
         binds=[Bind("/host/rt", "/root/.local/share/jupyter/runtime", staging="connection")],
         workdir="/tmp/nb",
+        tmp=f"{private}/tmp",
+        host_private=str(private),
     )
-    argv, env = exec_command("ch-run", FLAVOUR, request, {"PATH": "/bin"})
-    assert argv == [
-        "ch-run", "--unset-env=*", "--env-no-expand",
-        "--set-env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--set-env=HOME=/root", "--set-env=A=$(id) $HOME",
+    command = exec_command("ch-run", FLAVOUR, request, {"PATH": "/bin"})
+    assert command.argv == [
+        "ch-run", "--unset-env=*", "--env-no-expand", f"--set-env={private}/ch-run.env",
+        "-b", f"{private}/tmp:/tmp",
         "-b", f"{home}:/root", "-b", "/host/rt:/root/.local/share/jupyter/runtime",
         "-c", "/tmp/nb", str(image), "--",
         "python3", "-f", "/root/.local/share/jupyter/runtime/k.json",
     ]  # fmt: skip
-    assert env["USER"]  # ch-run refuses to start without it
-    assert env["PATH"] == "/bin"
+    # values in a file (not in argv, where ps shows them), each in the quotes ch-run strips
+    assert command.files == {
+        f"{private}/ch-run.env": (
+            "PATH='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'\n"
+            "HOME='/root'\nA='$(id) $HOME'\nQ=''single''\nE=''\n"
+        )
+    }
+    assert command.env["USER"]  # ch-run refuses to start without it
+    assert command.env["PATH"] == "/bin"
+
+
+def test_a_newline_cannot_go_through_chrun(image, tmp_path):
+    request = ExecRequest(
+        image=str(image), command=["x"], env={"A": "one\ntwo"}, host_private=str(tmp_path)
+    )
+    with pytest.raises(ContainerKernelError, match="ch-run cannot pass 'A': its value holds a"):
+        exec_command("ch-run", FLAVOUR, request, {})
 
 
 def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_path, monkeypatch):
@@ -58,10 +75,12 @@ def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_
         home=Bind("/host/fake", "/home/me", staging="home"),  # /home is not in the image
         binds=[Bind("/host/rt", "/home/me/.jupyter/rt", staging="connection")],
         workdir="/home/me",
+        host_private=str(tmp_path),
     )
-    argv, _ = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
+    command = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
+    argv = command.argv
     stage = f"/tmp/.container-kernel-{os.getuid()}"  # in the container: the host's $TMPDIR
-    assert f"--set-env=HOME={stage}/home" in argv
+    assert f"HOME='{stage}/home'\n" in "".join(command.files.values())
     assert argv[argv.index("-c") + 1] == f"{stage}/home"
     assert argv[-1] == f"{stage}/connection/k.json"
     assert f"/host/rt:{stage}/connection" in argv
@@ -96,16 +115,20 @@ def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path):
         command=["python3"],
         home=Bind("/host/fake", "/root", staging="home"),
         binds=[Bind("/scratch", "/scratch")],
+        host_private=str(tmp_path),
     )
-    argv, _ = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
-    assert f"--set-env=HOME=/tmp/.container-kernel-{os.getuid()}/home" in argv
-    assert "/scratch:/scratch" in argv
+    command = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
+    assert (
+        f"HOME='/tmp/.container-kernel-{os.getuid()}/home'\n"
+        in command.files[f"{tmp_path}/ch-run.env"]
+    )
+    assert "/scratch:/scratch" in command.argv
 
 
 def test_staging_folder_must_be_ours_and_private(image, tmp_path, monkeypatch):
     stage = tmp_path / f".container-kernel-{os.getuid()}"
     home = Bind("/h", "/home/me", staging="home")
-    request = ExecRequest(image=str(image), command=["x"], home=home)
+    request = ExecRequest(image=str(image), command=["x"], home=home, host_private=str(tmp_path))
     stage.mkdir()
     stage.chmod(0o755)
     exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})

@@ -110,12 +110,13 @@ def test_every_settings_flag_reaches_a_setting():
     args = cli.build_parser().parse_args(
         ["install", "img", "--runtime", "apptainer", "--runtime-path", "/x", "-B", "/a",
          "--env", "K=V", "--pass-env", "P*", "--home", "none", "--home-root", "/h",
-         "--no-cleanenv", "--gpu", "--runtime-arg=--rocm"]
+         "--no-cleanenv", "--gpu", "--share-tmp", "--runtime-arg=--rocm"]
     )  # fmt: skip
     values = settings_from_arguments(args)
     assert set(values) == {trait for _, trait, _ in ARGUMENTS}
     assert values["env"] == {"K": "V"}
     assert values["cleanenv"] is False
+    assert values["share_tmp"] is True
 
 
 def test_help_lists_the_settings():

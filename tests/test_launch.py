@@ -6,8 +6,15 @@ import pytest
 
 from container_kernel.environment import container_environment
 from container_kernel.errors import ContainerKernelError
-from container_kernel.launch import NOTEBOOK_MOUNT, build_request, check_image, workdir_mount
+from container_kernel.launch import (
+    NOTEBOOK_MOUNT,
+    PRIVATE_MOUNT,
+    build_request,
+    check_image,
+    workdir_mount,
+)
 from container_kernel.runtimes import Bind
+from container_kernel.sessions import Session
 from container_kernel.settings import ContainerSettings
 
 HOST = {
@@ -34,9 +41,20 @@ def test_only_named_variables_enter():
     }
 
 
-def test_secrets_enter_only_when_named():
-    env = container_environment(HOST, patterns=["JUPYTERHUB_*"])
+@pytest.mark.parametrize("pattern", ["*", "JUPYTERHUB_*", "AWS_*", "*TOKEN*", "*_KEY"])
+def test_a_glob_never_admits_a_secret(pattern):
+    host = {**HOST, "JPY_API_TOKEN": "s", "GITHUB_TOKEN": "s", "MY_PASSWORD": "s", "AWS_X": "1"}
+    env = container_environment(host, patterns=[pattern])
+    for secret in ("JUPYTERHUB_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "JPY_API_TOKEN",
+                   "GITHUB_TOKEN", "MY_PASSWORD"):  # fmt: skip
+        assert secret not in env
+    assert ("AWS_X" in env) == (pattern in ("*", "AWS_*"))
+
+
+def test_secrets_enter_only_when_named_exactly():
+    env = container_environment(HOST, patterns=["JUPYTERHUB_API_TOKEN", "OMP_*"])
     assert env["JUPYTERHUB_API_TOKEN"] == "secret"
+    assert env["OMP_NUM_THREADS"] == "4"
     assert "AWS_SECRET_ACCESS_KEY" not in env
 
 
@@ -44,7 +62,8 @@ def test_secrets_enter_only_when_named():
     ("cwd", "home", "expected"),
     [
         ("/work/nb", "/home/me", Bind("/work/nb", "/work/nb", staging="notebook")),
-        ("/home/me/nb", "/home/me", Bind("/home/me/nb", "/home/me/nb", staging="notebook")),
+        # under the home: bound elsewhere, so no empty folders appear in the fake home
+        ("/home/me/nb", "/home/me", Bind("/home/me/nb", NOTEBOOK_MOUNT, staging="notebook")),
         ("/home/me", "/home/me", Bind("/home/me", NOTEBOOK_MOUNT, staging="notebook")),
         ("/home", "/home/me", Bind("/home", NOTEBOOK_MOUNT, staging="notebook")),
         ("/home/me", None, Bind("/home/me", "/home/me", staging="notebook")),
@@ -60,16 +79,28 @@ def test_the_working_directory_never_covers_the_fake_home_or_system_folders(cwd,
 def test_request_checks_binds_and_image(tmp_path):
     image = tmp_path / "image"
     image.mkdir()
+    (tmp_path / "sessions").mkdir()
+    session = Session.create(tmp_path / "sessions")
     settings = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/data:ro"], gpu=True)
     request = build_request(
-        settings, ["python3"], cwd=str(tmp_path), home=tmp_path / "h", host_env={}
-    )
+        settings, ["python3"], cwd=str(tmp_path), home=tmp_path / "h", host_env={},
+        session=session,
+    )  # fmt: skip
     assert Bind(str(tmp_path), "/data", read_only=True) in request.binds
     assert request.workdir == str(tmp_path)
     assert request.gpu
+    assert request.env["CONTAINER_KERNEL_SESSION"] == session.name
+    assert (request.tmp, request.var_tmp) == (str(session.tmp), str(session.var_tmp))
+    assert request.private == Bind(str(session.tmp), "/tmp")
+    shared = ContainerSettings(image=str(image), share_tmp=True)
+    request = build_request(shared, ["x"], cwd="/", home=None, host_env={}, session=session)
+    assert request.tmp is None
+    private = Bind(str(session.folder / "private"), PRIVATE_MOUNT, staging="private")
+    assert request.private == private
+    assert request.private in request.binds
     missing = ContainerSettings(image=str(image), binds=[f"{tmp_path}/nope:/data"])
     with pytest.raises(ContainerKernelError, match="Bind source does not exist"):
-        build_request(missing, ["python3"], cwd="/", home=None, host_env={})
+        build_request(missing, ["python3"], cwd="/", home=None, host_env={}, session=session)
 
 
 def test_check_image():

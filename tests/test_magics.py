@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from IPython.testing import globalipapp
 from kernels import run, running_kernel
 from nbclient import NotebookClient
 
+from container_kernel import cells, sessions
 from container_kernel.magics import ContainerCellError, ContainerMagics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +31,10 @@ def notebook_dir(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.chdir(folder)
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+    # Where sessions live (<runtime dir>/container-kernel): one of this test's own.
+    runtime_dir = tmp_path / "jupyter-runtime"
+    runtime_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.delenv("CONTAINER_KERNEL_IMAGE", raising=False)
     return folder
 
@@ -64,21 +70,30 @@ def cell(ip, line: str, body: str):
     return result.error_before_exec or result.error_in_exec
 
 
-def test_cell_runs_the_images_python_and_streams_live_line_by_line(ip, notebook_dir, monkeypatch):
-    writes: list[tuple[float, str, str]] = []
+class Recorder:
+    """A stand-in for sys.stdout/sys.stderr that notes when each piece arrived."""
 
-    class Recorder:
-        def __init__(self, name):
-            self.name = name
+    def __init__(self, name: str, writes: list[tuple[float, str, str]]):
+        self.name, self.writes = name, writes
 
-        def write(self, text):
-            writes.append((time.monotonic(), self.name, text))
+    def write(self, text: str) -> None:
+        self.writes.append((time.monotonic(), self.name, text))
 
-        def flush(self):
-            pass
+    def flush(self) -> None:
+        pass
 
-    monkeypatch.setattr(sys, "stdout", Recorder("out"))
-    monkeypatch.setattr(sys, "stderr", Recorder("err"))
+
+def record_writes(monkeypatch) -> list[tuple[float, str, str]]:
+    """(time, "out" or "err", text) of every write to sys.stdout and sys.stderr from now on
+    (in the test's body: pytest's capture replaces them again between setup and call)."""
+    noted: list[tuple[float, str, str]] = []
+    monkeypatch.setattr(sys, "stdout", Recorder("out", noted))
+    monkeypatch.setattr(sys, "stderr", Recorder("err", noted))
+    return noted
+
+
+def test_cell_runs_the_images_python_and_streams_live(ip, notebook_dir, monkeypatch):
+    writes = record_writes(monkeypatch)
     body = (
         "import os, sys, time\n"
         "print(sys.executable, sys.version_info[:2], os.getcwd())\n"
@@ -88,12 +103,31 @@ def test_cell_runs_the_images_python_and_streams_live_line_by_line(ip, notebook_
         "print('last')\n"
     )
     assert cell(ip, "", body) is None
-    out = [text for _, name, text in writes if name == "out"]
-    err = [text for _, name, text in writes if name == "err"]
-    assert out == [f"/usr/bin/python3 (3, 11) {notebook_dir}\n", "ünïcode ✓\n", "last\n"]
-    assert err == ["to stderr\n"]
+    out = "".join(text for _, name, text in writes if name == "out")
+    err = "".join(text for _, name, text in writes if name == "err")
+    assert out == f"/usr/bin/python3 (3, 11) {notebook_dir}\nünïcode ✓\nlast\n"
+    assert err == "to stderr\n"
     out_times = [t for t, name, _ in writes if name == "out"]
     assert out_times[-1] - out_times[0] > 1.0, "the first line came only when the cell ended"
+
+
+def test_partial_lines_stream_live_and_the_error_tail_shows_the_last_state(ip, monkeypatch):
+    writes = record_writes(monkeypatch)
+    body = (
+        "import sys, time\n"
+        "for percent in (10, 20, 30):\n"
+        "    print('\\r %d%%' % percent, end='', file=sys.stderr, flush=True)\n"
+        "    time.sleep(1)\n"
+        "sys.exit(3)\n"
+    )
+    error = cell(ip, "", body)
+    ended = time.monotonic()
+    err = [(t, text) for t, name, text in writes if name == "err"]
+    assert "".join(text for _, text in err).startswith("\r 10%\r 20%\r 30%")
+    first = next(t for t, text in err if "10%" in text)
+    assert ended - first > 2.0, "the progress bar came only when the cell ended"
+    assert isinstance(error, ContainerCellError)
+    assert str(error).endswith("Last lines of stderr:\n30%")  # what the terminal showed last
 
 
 def test_other_interpreters_and_the_line_magic(ip, capsys):
@@ -152,6 +186,14 @@ def test_inputs_and_outputs_round_trip(ip, notebook_dir, monkeypatch):
     assert ip.user_ns["data"] == {"a": [1, 2], "b": {"c": "ü"}, "added": True}
     assert ip.user_ns["q"] == ip.user_ns["Point"](11, 22)
     assert type(ip.user_ns["q"]).__module__ == "shapes_ck"
+
+
+def test_values_cross_when_the_hosts_tmp_is_shared_too(ip):
+    """With --share-tmp the cell's files sit in a folder of their own (ch-run may relocate it:
+    the paths in the command follow)."""
+    ip.run_cell("x = 20")
+    assert cell(ip, "--share-tmp -i x -o y", "y = x + 1\n") is None
+    assert ip.user_ns["y"] == 21
 
 
 def test_values_that_cannot_cross_get_a_clear_error(ip):
@@ -278,6 +320,75 @@ def test_interrupt_stops_the_container_and_all_it_started(ip, notebook_dir, monk
     assert cell(ip, "bash", "echo still usable") is None
 
 
+def test_interrupt_reaches_what_the_cell_runs_not_only_the_cell(ip, monkeypatch):
+    """os.system ignores SIGINT while its child runs: the child must get it too (Apptainer's
+    starter forwards it to the cell's process alone), and the cell go on, without SIGTERM."""
+    writes = record_writes(monkeypatch)
+    sent: list[float] = []
+
+    def interrupt():
+        deadline = time.monotonic() + 30
+        while not processes_with("sleep 30.417") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    error = cell(ip, "", "import os\nos.system('sleep 30.417')\nprint('after', flush=True)\n")
+    ended = time.monotonic()
+    assert isinstance(error, KeyboardInterrupt)
+    assert str(error) == "the container process was interrupted"  # not terminated or killed
+    assert ended - sent[0] < cells.INTERRUPT_GRACE
+    assert "after\n" in "".join(text for _, name, text in writes if name == "out")
+    assert processes_with("30.417") == []
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["shutdown", "restart", "SIGKILL"])
+def test_no_cell_job_or_folder_outlives_its_kernel(jupyter_dirs, notebook_dir, image, runtime, how):
+    """A kernel shut down or restarted now (SIGKILL to its group) or SIGKILLed alone: the
+    running cell's container, what it started in a new session, and its folder all go."""
+    root = Path(os.environ["JUPYTER_RUNTIME_DIR"], "container-kernel")
+    setup = (
+        "%load_ext container_kernel\n"
+        f"%config ContainerMagics.image = {str(image)!r}\n"
+        f"%config ContainerMagics.runtime = {runtime!r}\n"
+    )
+    body = (
+        "%%container\n"
+        "import subprocess, time\n"
+        "subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "open('started', 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    with running_kernel("python3", str(notebook_dir)) as (km, kc):
+        run(kc, setup)
+        kc.execute(body)
+        wait_until((notebook_dir / "started").exists, 60)
+        (folder,) = root.iterdir()
+        assert len(sessions.marked_processes(folder.name, inside_only=True)) >= 2  # cell, sleep
+        if how == "shutdown":
+            km.shutdown_kernel(now=True)
+        elif how == "restart":
+            km.restart_kernel(now=True)
+        else:
+            os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        wait_until(lambda: not sessions.marked_processes(folder.name), 10)
+        assert sessions.marked_processes(folder.name) == []
+        wait_until(lambda: not folder.exists(), 5)
+        assert not folder.exists()
+        if how == "restart":
+            kc.wait_for_ready(timeout=60)
+            run(kc, setup)
+            assert run(kc, "%%container bash\necho still usable") == "still usable\n"
+            assert list(root.iterdir()) == []
+
+
 def test_kernel_interrupt_streams_stops_and_leaves_the_kernel_usable(
     jupyter_dirs, notebook_dir, image, runtime
 ):
@@ -324,6 +435,7 @@ def test_tour_notebook_runs_the_images_python(
         notebook,
         kernel_name="python3",
         timeout=120,
+        coalesce_streams=True,  # as a notebook shows them: a line may come in pieces
         resources={"metadata": {"path": str(notebook_dir)}},
     )
     client.execute()
@@ -366,6 +478,54 @@ def test_no_private_folder_or_temporary_home_outlives_a_cell(ip, tmp_path, monke
     left = [p.name for p in (tmp_path / "tmp").iterdir()]
     assert [name for name in left if not name.startswith(".container-kernel-")] == []  # ch-run's
     # shared, empty mount points (charliecloud.staging_name) are all that may stay
+
+
+def test_each_cell_runs_in_a_private_session_that_ends_with_it(ip, tmp_path, monkeypatch):
+    """The cell's files (its pickled -i values) are in a session folder of its own, never in
+    the host's /tmp, which other containers see; another session's files are not seen inside;
+    nothing is left after the cell, and what a killed kernel left goes at the next cell."""
+    host_tmp = tmp_path / "host-tmp"
+    host_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(host_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    root = sessions.sessions_root()
+    other = sessions.Session.create()  # a running kernel's, or another notebook's cell's
+    (other.tmp / "other-secret").write_text("theirs")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leaked = sessions.Session(root / f"{gone.pid}-1-0123456789ab")  # its kernel was killed
+    leaked.tmp.mkdir(parents=True)
+    orphan = subprocess.Popen(["sleep", "61.732"], env={**os.environ, **leaked.environment})
+    on_host: set[str] = set()
+    watching = threading.Event()
+
+    def watch():
+        while not watching.is_set():
+            on_host.update(p.name for p in host_tmp.iterdir())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ip.run_cell("secret = 's3cr3t'")
+    body = (
+        "import os, time\n"
+        "print(secret, sorted(os.path.join(d, f) for d, _, fs in os.walk('/tmp') for f in fs))\n"
+        f"print(os.path.exists({str(other.folder)!r}))\n"
+        "time.sleep(0.5)\n"
+    )
+    try:
+        assert cell(ip, "-i secret --out seen", body) is None
+    finally:
+        watching.set()
+        watcher.join()
+    first, second = ip.user_ns["seen"].splitlines()
+    assert first.startswith("s3cr3t [")
+    assert "other-secret" not in first
+    assert second == "False"
+    assert [name for name in on_host if not name.startswith(".container-kernel-")] == []
+    assert orphan.wait(timeout=5) == -signal.SIGKILL
+    assert [p.name for p in root.iterdir()] == [other.name]
+    other.end()
 
 
 def test_outputs_survive_a_clean_sys_exit(ip):

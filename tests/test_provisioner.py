@@ -18,6 +18,13 @@ from kernels import KernelError, run, running_kernel
 from traitlets import TraitError
 
 from container_kernel.errors import ContainerKernelError
+from container_kernel.sessions import sessions_root
+
+
+def sessions_left() -> list[str]:
+    """Session folders (private files, connection-file copies) still under the sessions root."""
+    return sorted(path.name for path in sessions_root().iterdir())
+
 
 PROBE = "import os, sys; print(sys.executable, os.environ.get('HOME'), os.getcwd())"
 
@@ -214,7 +221,7 @@ def test_missing_image_fails_at_once_with_a_clear_message(kernel_spec, notebook_
     with pytest.raises(ContainerKernelError, match=r"Image not found: .*missing\.sif"):
         km.start_kernel(cwd=str(notebook_dir))
     assert km.provisioner._temporary_home is None  # nothing left behind
-    assert km.provisioner._connection_dir is None
+    assert sessions_left() == []
 
 
 def test_missing_runtime_fails_with_what_to_do(kernel_spec, notebook_dir, monkeypatch, tmp_path):
@@ -285,7 +292,7 @@ async def test_failed_start_in_a_server_leaves_nothing_and_does_not_loop(kernel_
         await km.start_kernel(cwd=str(notebook_dir))
     provisioner, failed_pid = km.provisioner, km.provisioner.pid
     assert provisioner._temporary_home is None
-    assert provisioner._connection_dir is None
+    assert sessions_left() == []
     assert _group_members(provisioner.pgid) == []
     await asyncio.sleep(km.restarter_class.time_to_dead.default_value + 0.5)  # one restarter round
     assert provisioner.pid == failed_pid
@@ -310,10 +317,10 @@ async def test_kernel_that_dies_later_leaves_no_process_and_restarts(kernel_spec
         await km.shutdown_kernel(now=True)
 
 
-async def test_a_restart_that_cannot_start_fails_as_a_dead_kernel(
+async def test_a_restart_that_cannot_start_fails_as_a_dead_kernel_the_restarter_counts(
     kernel_spec, notebook_dir, tmp_path
 ):
-    km = AsyncKernelManager(kernel_name=kernel_spec())
+    km = AsyncIOLoopKernelManager(kernel_name=kernel_spec())  # Jupyter Server's: a restarter
     await km.start_kernel(cwd=str(notebook_dir))
     try:
         km.provisioner.image = str(tmp_path / "deleted.sif")  # the image went away meanwhile
@@ -322,6 +329,27 @@ async def test_a_restart_that_cannot_start_fails_as_a_dead_kernel(
         assert "Image not found" in "".join(km.provisioner._stderr_tail)
     finally:
         await km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("broken", ["image", "kernel"])
+async def test_a_restart_that_cannot_start_raises_where_no_restarter_watches(
+    kernel_spec, notebook_dir, tmp_path, broken
+):
+    # nbclient, the console, a script: nobody would ever count the dead kernel
+    km = AsyncKernelManager(kernel_name=kernel_spec())
+    await km.start_kernel(cwd=str(notebook_dir))
+    try:
+        if broken == "image":
+            km.provisioner.image = str(tmp_path / "deleted.sif")
+            message = "Image not found"
+        else:
+            km.kernel_spec.argv[2] = "no_such_kernel_module"
+            message = "No module named no_such_kernel_module"
+        with pytest.raises(ContainerKernelError, match=message):
+            await km.restart_kernel(now=True)
+    finally:
+        await km.shutdown_kernel(now=True)
+    assert sessions_left() == []
 
 
 async def _wait_for(probe, done, timeout: float = 10):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
 from container_kernel.errors import ContainerKernelError
 from container_kernel.runtimes import Bind, ExecRequest, find_runtime, parse_bind
-from container_kernel.runtimes.apptainer import Flavour, exec_command, parse_version
+from container_kernel.runtimes.apptainer import ENV_FILE, Flavour, exec_command, parse_version
 
 REQUEST = ExecRequest(
     image="/images/stack.sif",
@@ -19,8 +20,14 @@ REQUEST = ExecRequest(
     home=Bind("/fake/home", "/home/me"),
     workdir="/work/nb",
     extra_args=["--contain-nothing-special"],
+    tmp="/s/tmp",
+    var_tmp="/s/var_tmp",
+    private=Bind("/s/tmp", "/tmp"),
 )
-HOST_ENV = {"PATH": "/usr/bin", "APPTAINERENV_LEAK": "x", "SINGULARITYENV_LEAK": "y", "USER": "me"}
+HOST_ENV = {
+    "PATH": "/usr/bin", "APPTAINERENV_LEAK": "x", "SINGULARITYENV_LEAK": "y", "USER": "me",
+    "http_proxy": "http://user:pw@proxy:3128", "NO_PROXY": "localhost",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -44,10 +51,12 @@ def test_parse_version_refuses_nonsense():
 
 
 def test_apptainer_argv_and_env():
-    argv, env = exec_command("apptainer", Flavour("apptainer", (1, 3, 4)), REQUEST, HOST_ENV)
+    command = exec_command("apptainer", Flavour("apptainer", (1, 3, 4)), REQUEST, HOST_ENV)
+    argv, env = command.argv, command.env
     assert argv == [
         "apptainer", "exec", "--cleanenv", "--no-eval",
         "--home", "/fake/home:/home/me",
+        "--bind", "/s/tmp:/tmp", "--bind", "/s/var_tmp:/var/tmp",
         "--bind", "/rt:/rt", "--bind", "/data:/data:ro",
         "--pwd", "/work/nb",
         "--contain-nothing-special",
@@ -59,50 +68,50 @@ def test_apptainer_argv_and_env():
         "USER": "me",
         "APPTAINERENV_JPY_SESSION_NAME": "a.ipynb",
         "APPTAINERENV_SAFE": '$(touch /tmp/x) `id` "q" \\ ,',
-    }
+    }  # no proxies: --cleanenv would keep them
+    assert not command.files
 
 
 def test_singularity_ce_310_uses_its_prefix_and_no_eval():
-    argv, env = exec_command("singularity", Flavour("singularity-ce", (3, 10, 0)), REQUEST, {})
-    assert argv[:4] == ["singularity", "exec", "--cleanenv", "--no-eval"]
-    assert env["SINGULARITYENV_SAFE"] == REQUEST.env["SAFE"]
+    command = exec_command("singularity", Flavour("singularity-ce", (3, 10, 0)), REQUEST, {})
+    assert command.argv[:4] == ["singularity", "exec", "--cleanenv", "--no-eval"]
+    assert command.env["SINGULARITYENV_SAFE"] == REQUEST.env["SAFE"]
 
 
 @pytest.mark.parametrize(
     "flavour",
     [Flavour("apptainer", (1, 0, 2)), Flavour("singularity-ce", (3, 8, 0)),
-     Flavour("singularity", (3, 8, 7))],
-)  # fmt: skip
-def test_one_round_of_evaluation_is_escaped(flavour):
-    argv, env = exec_command("singularity", flavour, REQUEST, {})
-    assert "--no-eval" not in argv
-    assert env[flavour.env_prefix + "SAFE"] == '\\$(touch /tmp/x) \\`id\\` \\"q\\" \\\\ ,'
-
-
-@pytest.mark.parametrize(
-    "flavour",
-    [Flavour("singularity", (3, 4, 2)), Flavour("singularity", (2, 6, 1)),
+     Flavour("singularity", (3, 4, 2)), Flavour("singularity", (2, 6, 1)),
      Flavour("singularity-ce", (3, 7, 4))],
 )  # fmt: skip
-def test_older_runtimes_take_only_values_that_arrive_unchanged(flavour):
-    with pytest.raises(ContainerKernelError, match="would evaluate SAFE="):
-        exec_command("singularity", flavour, REQUEST, {})
-    request = ExecRequest(
-        image="img",
-        command=["python3"],
-        env={"OMP_NUM_THREADS": "4", "DATA": "/scratch/x-1.2", "JPY_SESSION_NAME": "My nb.ipynb"},
-        home=Bind("/fake", "/root"),
-    )
-    argv, env = exec_command("singularity", flavour, request, {})
-    assert "--home" in argv  # -B over $HOME is refused by 2.6; --home works everywhere
-    prefix = flavour.env_prefix
-    assert env == {prefix + "OMP_NUM_THREADS": "4", prefix + "DATA": "/scratch/x-1.2"}
+def test_without_no_eval_values_go_through_a_file_sh_reads(flavour, tmp_path):
+    command = exec_command("singularity", flavour, REQUEST, {"SINGULARITYENV_X": "leak"})
+    assert "--no-eval" not in command.argv
+    assert "--home" in command.argv  # -B over $HOME is refused by 2.6; --home works everywhere
+    assert command.env == {}  # no value where the runtime would evaluate it
+    image_at = command.argv.index("/images/stack.sif")
+    assert command.argv[image_at + 1 :] == [
+        "/bin/sh", "-c", '. "$1"; shift; exec "$@"', "sh", f"/tmp/{ENV_FILE}", *REQUEST.command
+    ]  # fmt: skip
+    (text,) = command.files.values()
+    assert list(command.files) == [f"/s/tmp/{ENV_FILE}"]
+    # sh reads it back byte for byte, evaluating nothing
+    env_file = tmp_path / "env.sh"
+    env_file.write_text(text)
+    out = subprocess.run(
+        ["/bin/sh", "-c", '. "$1"; shift; exec "$@"', "sh", env_file, "env", "-0"],
+        capture_output=True, env={}, check=True,
+    ).stdout  # fmt: skip
+    inside = dict(line.split("=", 1) for line in out.decode().split("\0") if "=" in line)
+    assert inside["SAFE"] == REQUEST.env["SAFE"]
+    assert inside["JPY_SESSION_NAME"] == "a.ipynb"
+    assert not (tmp_path / "x").exists()
 
 
 def test_paths_bind_cannot_express():
     notebook = Bind("/data, 2024", "/data, 2024", staging="notebook")
     request = ExecRequest(image="img", command=["x"], binds=[notebook], workdir="/data, 2024")
-    argv, _ = exec_command("apptainer", Flavour("apptainer", (1, 4, 5)), request, {})
+    argv = exec_command("apptainer", Flavour("apptainer", (1, 4, 5)), request, {}).argv
     assert "--bind" not in argv  # the runtime starts there and mounts its current folder itself
     assert argv[argv.index("--pwd") + 1] == "/data, 2024"
     for bind in (Bind("/a:b", "/x"), Bind("/data, 2024", "/d")):
@@ -113,9 +122,9 @@ def test_paths_bind_cannot_express():
 
 def test_no_home_and_gpu_and_keep_env():
     request = ExecRequest(image="img", command=["bash"], home=None, gpu=True, cleanenv=False)
-    argv, env = exec_command("apptainer", Flavour("apptainer", (1, 4, 5)), request, HOST_ENV)
-    assert argv == ["apptainer", "exec", "--no-eval", "--no-home", "--nv", "img", "bash"]
-    assert env == HOST_ENV  # without a clean environment, the host's own prefixed values stand
+    command = exec_command("apptainer", Flavour("apptainer", (1, 4, 5)), request, HOST_ENV)
+    assert command.argv == ["apptainer", "exec", "--no-eval", "--no-home", "--nv", "img", "bash"]
+    assert command.env == HOST_ENV  # without a clean environment, the host's own values stand
 
 
 @pytest.mark.parametrize(

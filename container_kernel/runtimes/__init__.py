@@ -13,9 +13,9 @@ from typing import Any
 
 from ..errors import ContainerKernelError
 from . import apptainer, charliecloud
-from .base import Bind, ExecRequest, parse_bind, with_user
+from .base import Bind, Command, ExecRequest, parse_bind, with_user
 
-__all__ = ["Bind", "ExecRequest", "Runtime", "find_runtime", "parse_bind"]
+__all__ = ["Bind", "Command", "ExecRequest", "Runtime", "find_runtime", "parse_bind"]
 
 # Setting value -> (backend, executables to look for, in order).
 BACKENDS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
@@ -34,10 +34,8 @@ class Runtime:
     flavour: Any
     backend: ModuleType
 
-    def exec_command(
-        self, request: ExecRequest, host_env: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
-        """The argv and the runtime process's environment that run `request`."""
+    def exec_command(self, request: ExecRequest, host_env: Mapping[str, str]) -> Command:
+        """The argv, the runtime process's environment and the files that run `request`."""
         return self.backend.exec_command(self.executable, self.flavour, request, host_env)
 
     @property

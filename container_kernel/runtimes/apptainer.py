@@ -2,9 +2,11 @@
 
 The flavour quirks live here and nowhere else. Every flavour reads `--cleanenv`, `--home SRC:DST`
 (which, unlike `-B SRC:$HOME`, really replaces the home on 2.6 too), `--no-home`, `--bind`,
-`--pwd` and `--nv`. Values go in through the env prefix the flavour reads, which every version
-has and which carries any byte (the `--env` flag splits on commas and is missing before 3.6),
-literally with `--no-eval` where it exists, escaped or refused where it does not.
+`--pwd` and `--nv`. Values go in through the env prefix the flavour reads, with `--no-eval`, where
+it exists (the `--env` flag splits on commas and is missing before 3.6); older flavours evaluate
+them, so there they go through a file that /bin/sh reads inside. Under `--cleanenv` Apptainer
+still passes the host's proxy variables: they are taken out of its environment. A private /tmp
+and /var/tmp are bound over the host's, which Apptainer binds by default.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ContainerKernelError
-from .base import ExecRequest
+from .base import Command, ExecRequest
 
 PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")
 
@@ -42,13 +44,6 @@ class Flavour:
         return self.name == "apptainer" or self.version >= (3, 0, 0)
 
     @property
-    def evaluates_once(self) -> bool:
-        """Values go through one round of double-quoted evaluation (Apptainer 1.0, 3.8-3.9)."""
-        if self.name == "apptainer":
-            return self.version < (1, 1, 0)
-        return (3, 8, 0) <= self.version < (3, 10, 0)
-
-    @property
     def has_no_eval(self) -> bool:
         """`--no-eval` stops shell evaluation of injected values (Apptainer 1.1, CE 3.10)."""
         if self.name == "apptainer":
@@ -71,32 +66,28 @@ def parse_version(text: str) -> Flavour:
     raise ContainerKernelError(msg)
 
 
-def quote_for_eval(value: str) -> str:
-    """Protect a value from one round of double-quoted shell evaluation (`evaluates_once`)."""
-    return re.sub(r'([\\$`"])', r"\\\1", value)
+# Flavours without --no-eval get their values from a file of single-quoted assignments that
+# /bin/sh reads inside, before it execs the command: no value ever goes through an evaluation.
+ENV_FILE = ".container-kernel-env.sh"
+SOURCE_AND_EXEC = '. "$1"; shift; exec "$@"'
+# Host variables that Apptainer keeps under --cleanenv (create.go's alwaysPassKeys).
+PROXIES = frozenset(f"{name}_proxy" for name in ("http", "https", "no", "all", "ftp")) | frozenset(
+    f"{name.upper()}_PROXY" for name in ("http", "https", "no", "all", "ftp")
+)
 
 
-# Older runtimes export values unquoted (3.0-3.5) or quote them their own way (3.6-3.7, 2.x):
-# only these characters are known to arrive unchanged.
-SAFE_VALUE = re.compile(r"[\w./:@%+,=-]*")
+def shell_literal(value: str) -> str:
+    """`value` as one single-quoted sh word: nothing inside is ever interpreted."""
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
-def value_inside(flavour: Flavour, name: str, value: str) -> str | None:
-    """What to set so that `value` arrives byte for byte; None: Jupyter's informational
-    `JPY_*` value cannot, and is left out. Never lets a user's value run as code."""
-    if flavour.has_no_eval:
-        return value
-    if flavour.evaluates_once:
-        return quote_for_eval(value)
-    if SAFE_VALUE.fullmatch(value):
-        return value
-    if name.startswith("JPY_"):
-        return None
-    msg = (
-        f"{flavour} would evaluate {name}={value!r} in a shell: use letters, digits and ./:@%+,=- "
-        "only, or Apptainer >= 1.1 / SingularityCE >= 3.10 (they have --no-eval)."
+def env_file(values: Mapping[str, str]) -> str:
+    """The values as sh assignments, read byte for byte by any POSIX sh."""
+    return "".join(
+        f"export {name}={shell_literal(value)}\n"
+        for name, value in values.items()
+        if name.isidentifier()  # sh holds no other names (a host's BASH_FUNC_x%%)
     )
-    raise ContainerKernelError(msg)
 
 
 def _expressible(path: str) -> bool:
@@ -106,7 +97,7 @@ def _expressible(path: str) -> bool:
 
 def exec_command(
     executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
-) -> tuple[list[str], dict[str, str]]:
+) -> Command:
     """The argv and the runtime's own environment for `exec` of `request` (a pure function)."""
     argv = [executable, "exec"]
     if request.cleanenv:
@@ -120,6 +111,9 @@ def exec_command(
     else:
         msg = f"The fake home {request.home.src} has ',' or ':' in its path: set home_root."
         raise ContainerKernelError(msg)
+    for folder, inside in ((request.tmp, "/tmp"), (request.var_tmp, "/var/tmp")):
+        if folder:  # over the host's, which Apptainer binds by default
+            argv += ["--bind", f"{folder}:{inside}"]
     for bind in request.binds:
         if _expressible(bind.src) and _expressible(bind.dst):
             argv += ["--bind", bind.spec()]
@@ -131,12 +125,18 @@ def exec_command(
         argv += ["--pwd", request.workdir]
     if request.gpu:
         argv.append("--nv")
-    argv += [*request.extra_args, request.image, *request.command]
+    argv += [*request.extra_args, request.image]
 
     env = dict(host_env)
-    if request.cleanenv:  # prefixed host variables would leak through a clean environment
-        env = {k: v for k, v in env.items() if not k.startswith(PREFIXES)}
-    for name, value in request.env.items():
-        if (inside := value_inside(flavour, name, value)) is not None:
-            env[flavour.env_prefix + name] = inside
-    return argv, env
+    if request.cleanenv:  # prefixed host variables and proxies would pass a clean environment
+        env = {k: v for k, v in env.items() if not k.startswith(PREFIXES) and k not in PROXIES}
+    if flavour.has_no_eval:
+        env.update({flavour.env_prefix + name: value for name, value in request.env.items()})
+        return Command([*argv, *request.command], env)
+    if request.private is None:
+        msg = f"{flavour} has no --no-eval: values need a private folder to go through."
+        raise ContainerKernelError(msg)
+    host_file = f"{request.private.src}/{ENV_FILE}"
+    inside_file = f"{request.private.dst}/{ENV_FILE}"
+    command = ["/bin/sh", "-c", SOURCE_AND_EXEC, "sh", inside_file, *request.command]
+    return Command([*argv, *command], env, {host_file: env_file(request.env)})

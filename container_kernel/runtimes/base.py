@@ -62,6 +62,24 @@ class ExecRequest:
     cleanenv: bool = True
     gpu: bool = False
     extra_args: Sequence[str] = ()
+    # This launch's own folders: the container's /tmp and /var/tmp on the host (None: the
+    # host's are shared); `private`, a folder of ours visible inside (already among `binds`
+    # when it needs a bind of its own), and `host_private`, one the container never sees, where
+    # a backend may keep files the runtime reads (values: never in argv, where `ps` shows them).
+    tmp: str | None = None
+    var_tmp: str | None = None
+    private: Bind | None = None
+    host_private: str | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a backend makes of a request: the runtime's argv and environment, and the files the
+    launch layer must write first (mode 0600) for the runtime or the command to read."""
+
+    argv: list[str]
+    env: dict[str, str]
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 def with_user(env: Mapping[str, str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ContainerKernelError
-from .base import Bind, ExecRequest, with_user
+from .base import Bind, Command, ExecRequest, with_user
 
 EXECUTABLES = ("ch-run",)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,8 +48,8 @@ def staging_name() -> str:
 
 def exec_command(
     executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
-) -> tuple[list[str], dict[str, str]]:
-    """The argv and the ch-run process's environment that run `request`."""
+) -> Command:
+    """The argv, the ch-run process's environment and its env file that run `request`."""
     _refuse_unsupported(request)
     if "://" in request.image:
         msg = (
@@ -61,14 +61,18 @@ def exec_command(
         msg = f"ch-run runs directory or SquashFS images; {image} is neither (see ch-convert)."
         raise ContainerKernelError(msg)
 
-    # ch-run's /tmp is the host's $TMPDIR (or /tmp): the one place it can mount new folders.
-    host_tmp = Bind(host_env.get("TMPDIR") or "/tmp", "/tmp")
+    # ch-run's /tmp is the host's $TMPDIR (or /tmp), unless a private one is bound over it:
+    # the one place it can mount new folders.
+    host_tmp = Bind(request.tmp or host_env.get("TMPDIR") or "/tmp", "/tmp")
     moved: dict[str, str] = {}  # destination -> where it really goes inside
     binds: list[Bind] = []
-    for bind in ([request.home] if request.home else []) + list(request.binds):
-        placed = _place(image, replace(bind, dst=_follow(bind.dst, moved)), [host_tmp, *binds])
-        if placed.dst != bind.dst:
-            moved[bind.dst] = placed.dst
+    for asked in ([request.home] if request.home else []) + list(request.binds):
+        bind = replace(asked, dst=_follow(asked.dst, moved))
+        if request.tmp and _within(bind.dst, "/tmp"):  # a folder of ours: make the mount point
+            Path(request.tmp, bind.dst[len("/tmp/") :]).mkdir(parents=True, exist_ok=True)
+        placed = _place(image, bind, [host_tmp, *binds])
+        if placed.dst != asked.dst:
+            moved[asked.dst] = placed.dst
         binds.append(placed)
 
     argv = [executable]
@@ -79,14 +83,35 @@ def exec_command(
     if request.home:
         env["HOME"] = _follow(request.home.dst, moved)
     env.update(request.env)
-    argv += [f"--set-env={name}={value}" for name, value in env.items()]
+    files = {}
+    if env:  # in a file, not in argv, where `ps` would show every value
+        if request.host_private is None:
+            msg = "ch-run needs a private folder for the environment file."
+            raise ContainerKernelError(msg)
+        env_file = f"{request.host_private}/ch-run.env"
+        files[env_file] = _env_file(env)
+        argv.append(f"--set-env={env_file}")
+    if request.tmp:
+        argv += ["-b", f"{request.tmp}:/tmp"]
     for bind in binds:
         argv += ["-b", f"{bind.src}:{bind.dst}"]
     if request.workdir:
         argv += ["-c", _follow(request.workdir, moved)]
     argv += [*request.extra_args, str(image), "--", *(_follow(a, moved) for a in request.command)]
 
-    return argv, with_user(host_env)
+    return Command(argv, with_user(host_env), files)
+
+
+def _env_file(env: Mapping[str, str]) -> str:
+    """ch-run's NAME=VALUE lines; it strips one pair of single quotes around a value, so every
+    value gets a pair (`'x'` arrives as `'x'`). A line holds no newline: such a value is refused."""
+    lines = []
+    for name, value in env.items():
+        if "\n" in value or "\n" in name or "=" in name:
+            msg = f"ch-run cannot pass {name!r}: its value holds a newline; use Apptainer."
+            raise ContainerKernelError(msg)
+        lines.append(f"{name}='{value}'\n")
+    return "".join(lines)
 
 
 def _refuse_unsupported(request: ExecRequest) -> None:

@@ -1,0 +1,202 @@
+"""One `%%container` cell's run: its session, its process, stopping it on an interrupt.
+
+magics.py parses options and moves values; this module runs the command (streams.py reads its
+output and defers interrupts) and knows nothing of IPython. Each cell gets a `Session` of its
+own (a private folder no other container sees, and a mark on every process it starts), ended
+with the cell whatever happens, and by a small guard process if the notebook's kernel dies
+first (killed, force-restarted, crashed): the runtime dies with the kernel (PR_SET_PDEATHSIG),
+but what the cell started in a new session would not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import processes, sessions, streams
+from .launch import Launch, private_mount
+from .sessions import Session
+from .settings import ContainerSettings
+
+FILES = ".container-magic"  # the cell's files, in the session's folder that the container sees
+
+STDERR_TAIL = 10  # lines of stderr kept for an error message
+INTERRUPT_GRACE = 2.0  # seconds between SIGINT and SIGTERM, and between SIGTERM and SIGKILL
+
+# Runs on the host as `python -I -c GUARD PACKAGE_PARENT FOLDER`, its stdin a pipe that only the
+# kernel holds: EOF means the cell has ended (the session too, then) or the kernel has died.
+GUARD = """\
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from container_kernel.sessions import Session
+sys.stdin.buffer.read()
+if Path(sys.argv[2]).exists():
+    Session(Path(sys.argv[2])).end()
+"""
+
+
+@contextlib.contextmanager
+def cell_session() -> Iterator[Session]:
+    """A new session for one cell, ended when the cell is. Sessions whose kernel died (the
+    guard killed too) are ended first."""
+    sessions.sweep()
+    session = Session.create()
+    guard = _start_guard(session)
+    try:
+        yield session
+    finally:
+        session.end()
+        if guard is not None:
+            _stop_guard(guard)
+
+
+def files_folder(settings: ContainerSettings, session: Session) -> tuple[Path, str]:
+    """A folder for the cell's files (cell.py, the pickled values): on the host, and inside.
+    Hidden in the session's private folder (the cell's /tmp), so the cell's own files cannot
+    clash with them; referenced by their inside path, which a runtime that relocates it
+    rewrites."""
+    private = private_mount(settings, session)
+    host = Path(private.src, FILES)
+    host.mkdir(mode=0o700)
+    return host, f"{private.dst}/{FILES}"
+
+
+def _start_guard(session: Session) -> subprocess.Popen | None:
+    """The guard, in a session of its own: a kill of the kernel's group leaves it alive. It
+    imports this package from where the kernel did; its errors go to the kernel's stderr."""
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-c", GUARD, package_parent, str(session.folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:  # no usable sys.executable (an embedded interpreter): the sweep remains
+        return None
+
+
+def _stop_guard(guard: subprocess.Popen) -> None:
+    guard.stdin.close()
+    try:
+        guard.wait(10)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stopped: str | None  # after an interrupt: "interrupted", "terminated" or "killed"
+    tail: list[str]  # stderr's last lines, as a terminal shows them
+
+
+def run(launch: Launch, session: Session, write: Callable[[str, str], None]) -> Result:
+    """Run `launch` in `session`, handing its output to `write(stream name, text)` piece by
+    piece as it comes (a progress bar's `\\r` updates too), in the calling thread, where
+    ipykernel expects a cell's output. An interrupt stops the process and all it started."""
+    tail = streams.Tail(STDERR_TAIL)
+
+    def sink(name: str, text: str) -> None:
+        if name == "stderr":
+            tail.add(text)
+        write(name, text)
+
+    stopped = None
+    with streams.deferred_interrupts() as interrupts:
+        proc = subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own group: what the cell starts is killed with it
+            # It dies with the kernel; the setup makes one system call in the child.
+            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509
+        )
+        events = interrupts.events
+        reaper = threading.Thread(target=_end_group, args=(proc, session, events), daemon=True)
+        reaper.start()
+        readers = [
+            threading.Thread(target=streams.read, args=(pipe, name, events), daemon=True)
+            for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            for name, text in streams.output(events, len(readers) + 1):
+                sink(name, text)
+        except KeyboardInterrupt:
+            stopped = _stop(proc, reaper, session, interrupts, launch.runtime.forwards_signals)
+        finally:
+            if reaper.is_alive():  # an error while streaming: nothing may outlive the cell
+                processes.kill_group(proc.pid)
+            reaper.join()
+            proc.wait()  # only now: the group was killed while its id was still ours
+        if stopped:  # the process's last words: the writers are dead, the pipes end soon
+            for reader in readers:
+                reader.join(1.0)
+            for name, text in streams.drain(events):
+                sink(name, text)
+    return Result(proc.returncode, stopped, tail.lines())
+
+
+def _end_group(proc: subprocess.Popen, session: Session, events: queue.SimpleQueue) -> None:
+    """Wait for the runtime parent to exit, then kill what it left in its group and in its
+    session (setsid'd daemons, which would hold the pipes open), leaving the parent unreaped
+    (its pid, the group id, stays ours) for the main thread's proc.wait()."""
+    processes.wait_unreaped(proc.pid)
+    processes.kill_group(proc.pid)
+    session.kill_processes()
+    events.put(("exit", None))
+
+
+def _stop(
+    proc: subprocess.Popen,
+    reaper: threading.Thread,
+    session: Session,
+    interrupts: streams.Interrupts,
+    forwards: bool,
+) -> str:
+    """SIGINT, then SIGTERM (both as `_send` says), then SIGKILL to the whole group; another
+    interrupt meanwhile goes straight to SIGKILL. Done when the reaper is: the process has
+    exited, its group is gone."""
+    seen = interrupts.count
+    for signum, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
+        _send(proc.pid, session, signum, forwards)
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        while reaper.is_alive() and time.monotonic() < deadline and interrupts.count == seen:
+            reaper.join(0.05)
+        if not reaper.is_alive():
+            return how
+        if interrupts.count != seen:
+            break
+    processes.kill_group(proc.pid)  # not reaped yet: the group id is still ours
+    return "killed"
+
+
+def _send(pgid: int, session: Session, signum: int, forwards: bool) -> None:
+    """A runtime that execs the command (ch-run) has no one to forward: its group gets the
+    signal. A runtime parent that forwards signals (Apptainer) passes them to the command alone
+    and must not get them twice: SIGINT goes to what runs inside the group (the command and its
+    children, `os.system("sleep 30")` too), SIGTERM to the parent alone."""
+    with contextlib.suppress(ProcessLookupError):
+        if not forwards:
+            os.killpg(pgid, signum)
+        elif signum == signal.SIGINT and (inside := session.inside_processes(pgid)):
+            processes.signal_pids(inside, signum)
+        else:  # SIGTERM, or nothing started inside yet
+            os.kill(pgid, signum)

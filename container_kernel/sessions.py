@@ -1,0 +1,154 @@
+"""Sessions: one launch's private host folder, and the mark every process it starts carries.
+
+A kernel (or a `%%container` cell) keeps its private files (the connection-file copy, its /tmp,
+a temporary home, the cell's pickles) in a folder of its own under a 0700 root that no container
+ever sees, and every process it starts inside carries `CONTAINER_KERNEL_SESSION=<folder name>` in
+its environment, new sessions (`setsid`) and daemons included. Ending a session kills every
+process of ours that carries the mark and removes the folder. The folder's name starts with its
+owner's pid and start time: a session whose owner died (a SIGKILLed server, a killed notebook
+kernel) is ended by the next one that starts (`sweep`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "CONTAINER_KERNEL_SESSION"
+
+
+def sessions_root() -> Path:
+    """Where sessions live: `<jupyter runtime dir>/container-kernel`, mode 0700. Never bound:
+    the runtime folder is not, and the container's /tmp is a session's own."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    root = Path(jupyter_runtime_dir(), "container-kernel")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.chmod(0o700)
+    return root
+
+
+@dataclass(frozen=True)
+class Session:
+    """A private folder and the mark of the processes started in it."""
+
+    folder: Path
+
+    @classmethod
+    def create(cls, root: Path | None = None) -> Session:
+        """A new session owned by this process (its folder 0700, with `tmp` and `var_tmp`)."""
+        root = root or sessions_root()
+        name = f"{os.getpid()}-{_start_time(os.getpid())}-{secrets.token_hex(6)}"
+        folder = root / name
+        folder.mkdir(mode=0o700)
+        for sub in ("tmp", "var_tmp"):
+            (folder / sub).mkdir(mode=0o700)
+        return cls(folder)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def tmp(self) -> Path:
+        """The container's /tmp, unless the host's is shared."""
+        return self.folder / "tmp"
+
+    @property
+    def var_tmp(self) -> Path:
+        """The container's /var/tmp, unless the host's is shared."""
+        return self.folder / "var_tmp"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What to set inside, so that `end` finds every process the launch started."""
+        return {MARKER: self.name}
+
+    def inside_processes(self, pgid: int) -> list[int]:
+        """The processes started inside (not the runtime's own) that are in group `pgid`."""
+        return [
+            pid for pid in marked_processes(self.name, inside_only=True) if _group_of(pid) == pgid
+        ]
+
+    def kill_processes(self) -> int:
+        """SIGKILL every process of ours that carries this session's mark; how many."""
+        return kill_marked(self.name)
+
+    def end(self) -> None:
+        """Kill what the session started, then remove its folder."""
+        self.kill_processes()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def sweep(root: Path | None = None) -> None:
+    """End the sessions whose owner process is gone (a crashed server or kernel)."""
+    root = root or sessions_root()
+    with contextlib.suppress(OSError):
+        for folder in root.iterdir():
+            owner, _, rest = folder.name.partition("-")
+            start, _, _ = rest.partition("-")
+            if owner.isdigit() and not _alive(int(owner), start):
+                Session(folder).end()
+
+
+def _alive(pid: int, start_time: str) -> bool:
+    return _start_time(pid) == start_time
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot ('' if gone): with the pid, it names
+    one process for good (pids are reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def marked_processes(mark: str, inside_only: bool = False) -> list[int]:
+    """Our processes whose environment holds `CONTAINER_KERNEL_SESSION=<mark>`, and unless
+    `inside_only`, the runtime's own that hold it under its prefix (APPTAINERENV_...)."""
+    entry = f"{MARKER}={mark}".encode()
+    uid, me = os.getuid(), os.getpid()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            if proc.stat().st_uid != uid:
+                continue
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        variables = environ.split(b"\0")
+        if entry in variables or (
+            not inside_only and any(var.endswith(b"_" + entry) for var in variables)
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def kill_marked(mark: str, rounds: int = 5) -> int:
+    """SIGKILL the marked processes, again while new ones appear (a fork during the scan)."""
+    killed = 0
+    for _ in range(rounds):
+        pids = marked_processes(mark)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
