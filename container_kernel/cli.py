@@ -12,6 +12,7 @@ from traitlets import TraitError
 
 from . import kernelspec
 from .errors import ContainerKernelError, runtime_message
+from .kernel import command_inside
 from .launch import check_image, plan
 from .sessions import Session
 from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
@@ -84,7 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ContainerKernelError(msg)
     spec = specs[args.name]["spec"]
     settings = kernelspec.spec_settings(spec)
-    print(f"{args.name}: {probe(settings, spec['argv'][0])}")
+    print(f"{args.name}: {probe(settings, command_inside(spec['argv'])[0])}")
     return 0
 
 

@@ -21,10 +21,15 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def persistent_home(home_root: str, kernel_name: str) -> Path:
-    """The home kept between sessions of one kernel spec."""
+def persistent_home_path(home_root: str, kernel_name: str) -> Path:
+    """Where the home kept between sessions of one kernel spec lives."""
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", kernel_name) or "default"
-    return private_dir(Path(home_root).expanduser() / safe_name)
+    return Path(home_root).expanduser() / safe_name
+
+
+def persistent_home(home_root: str, kernel_name: str) -> Path:
+    """The home kept between sessions of one kernel spec, created if missing."""
+    return private_dir(persistent_home_path(home_root, kernel_name))
 
 
 def temporary_home(session_folder: Path) -> Path:

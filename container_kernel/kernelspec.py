@@ -14,6 +14,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
+from .kernel import spec_argv
 from .settings import ContainerSettings
 
 PROVISIONER_NAME = "container-provisioner"
@@ -40,9 +41,10 @@ def default_kernel_name(image: str) -> str:
 def kernel_dict(
     settings: ContainerSettings, display_name: str = "", interpreter: str = "python3"
 ) -> dict[str, Any]:
-    """The kernel.json: ipykernel run by `interpreter` INSIDE the image, through the provisioner."""
+    """The kernel.json: ipykernel run by `interpreter` INSIDE the image, through the provisioner,
+    or through the launcher its argv names where a client ignores provisioners."""
     return {
-        "argv": [interpreter, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": spec_argv([interpreter, "-m", "ipykernel_launcher", "-f", "{connection_file}"]),
         "display_name": display_name or f"Python 3 ({Path(settings.image.rstrip('/')).name})",
         "language": "python",
         "interrupt_mode": "signal",

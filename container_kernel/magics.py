@@ -22,6 +22,7 @@ from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import TraitError
+from traitlets.config import Config
 
 from . import cells, homes
 from .errors import ContainerKernelError, runtime_message
@@ -185,8 +186,6 @@ class ContainerMagics(ContainerSettings, Magics):
         dict options add to the configured ones). The magic's own traits are left alone."""
         values = {name: getattr(self, name) for name in ContainerSettings.class_traits(config=True)}
         given = settings_from_arguments(args)
-        for name in ("binds", "pass_env", "runtime_args"):
-            given[name] = [*values[name], *given.get(name, [])]
         # Unbuffered: a Python cell's output streams live (any Python; 3.7 and 3.8 too).
         given["env"] = {"PYTHONUNBUFFERED": "1", **values["env"], **given.get("env", {})}
         if args.image and values["image"] and not _looks_like_image(args.image):
@@ -196,7 +195,8 @@ class ContainerMagics(ContainerSettings, Magics):
         if not given["image"]:
             msg = "No image: name one (`%%container IMAGE`) or set `%config ContainerMagics.image`."
             raise UsageError(msg)
-        return ContainerSettings(**{**values, **given})
+        # The configured values as config, the cell's on top: lists add up, locked ones hold.
+        return ContainerSettings(config=Config({"ContainerSettings": values}), **given)
 
     def _home(self, settings: ContainerSettings, session: Session) -> Path | None:
         """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one in

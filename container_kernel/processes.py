@@ -44,16 +44,25 @@ _PR_SET_PDEATHSIG = 1
 _libc = None
 
 
-def die_with_parent_setup():
-    """A Popen `preexec_fn` that SIGKILLs the child when the process that started it dies
-    (a SIGKILLed Jupyter server): Apptainer's starter outlives its parent otherwise.
-    The C library is loaded here, before the fork, so the child only makes one system call."""
+def _load_libc():
     global _libc  # noqa: PLW0603 (loaded once per process)
     if _libc is None:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    parent, prctl = os.getpid(), _libc.prctl
+    return _libc
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (a launcher whose client was SIGKILLed)."""
+    _load_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def die_with_parent_setup():
+    """A Popen `preexec_fn` that SIGKILLs the child when the process that started it dies
+    (a SIGKILLed Jupyter server): Apptainer's starter outlives its parent otherwise.
+    The C library is loaded here, before the fork, so the child only makes one system call."""
+    parent, prctl = os.getpid(), _load_libc().prctl
 
     def setup() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,9 +19,10 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float
 
-from . import homes, processes, sessions
+from . import processes
 from .errors import ContainerKernelError, runtime_message
-from .launch import plan, private_mount
+from .kernel import KernelContainer, command_inside
+from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
 
@@ -38,12 +37,10 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         A kernel that dies at start-up fails the start with the runtime's own message.""",
     )
 
-    _temporary_home: Path | None = None
-    _session: Session | None = None  # private folder (connection-file copy, /tmp) and mark
+    _container: KernelContainer | None = None  # lives across restarts
     _restarting = False
     _stderr_tail: deque[str] | None = None
     _stderr_reader: threading.Thread | None = None
-    _forwards_signals = True
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
@@ -54,40 +51,33 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         except (ContainerKernelError, OSError) as err:
             message = str(err) if isinstance(err, ContainerKernelError) else _os_message(err)
             if not self._restarting or not self._has_restarter():
-                await self.cleanup(restart=False)  # the session and a temporary home
+                await self._give_up(first_start=not self._restarting)
                 raise ContainerKernelError(message) from None
             # jupyter_client's restarter counts only restarts that launch something (it would
             # retry forever): launch a process that fails with the reason, so it gives up.
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
             kwargs.update(cmd=failing, cwd=cwd)
             return kwargs
-        self._forwards_signals = launch.runtime.forwards_signals
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
         return kwargs
 
-    def _plan(self, kwargs: dict[str, Any], cwd: str):
+    def _plan(self, kwargs: dict[str, Any], cwd: str) -> Launch:
         if getattr(self.parent, "transport", "tcp") != "tcp":
             msg = (
                 "The ipc transport cannot reach into a container (its sockets sit beside the "
                 "connection file, on the host): use tcp, the default."
             )
             raise ContainerKernelError(msg)
-        if self._session is None:
-            sessions.sweep()  # what crashed servers left
-            self._session = Session.create()
-        else:
-            self._session.kill_processes()  # a restart: what the last kernel left, setsid'd too
-        command = self._private_connection_file(self._command_inside(kwargs["cmd"]))
-        return plan(
-            self,
-            command,
+        if self._container is None:
+            self._container = KernelContainer(self, getattr(self.parent, "kernel_name", ""))
+        return self._container.prepare(
+            command_inside(self._command_inside(kwargs["cmd"])),
+            connection_file=self.parent.connection_file,
             cwd=cwd,
-            home=self._home(),
             # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel needs it too.
             host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
-            session=self._session,
             named_env=list(self.kernel_spec.env),
         )
 
@@ -104,25 +94,13 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             return [spec_argv0, *cmd[1:]]
         return list(cmd)
 
-    def _private_connection_file(self, command: list[str]) -> list[str]:
-        """Copy the connection file into the session's folder that the kernel sees (its /tmp),
-        and point the command there: binding Jupyter's runtime folder would show the kernel
-        every other kernel's key and the server's token."""
-        original = os.path.realpath(self.parent.connection_file)
-        folder = private_mount(self, self._session)
-        name = os.path.basename(original)
-        copy = Path(folder.src, name)
-        shutil.copyfile(original, copy)  # again at each restart: ports may be new
-        copy.chmod(0o600)
-        return [arg.replace(original, f"{folder.dst}/{name}") for arg in command]
+    @property
+    def _session(self) -> Session | None:
+        return self._container.session if self._container else None
 
-    def _home(self) -> Path | None:
-        if self.home != "temporary":
-            kernel_name = getattr(self.parent, "kernel_name", "") or "default"
-            return homes.resolve_home(self.home, self.home_root, kernel_name)
-        if self._temporary_home is None:  # kept across restarts, ends with the session
-            self._temporary_home = homes.temporary_home(self._session.folder)
-        return self._temporary_home
+    @property
+    def _temporary_home(self) -> Path | None:
+        return self._container.temporary_home if self._container else None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
         """Start the runtime, then wait until the kernel listens or dies: a kernel that dies at
@@ -144,7 +122,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         if self._restarting and self._has_restarter():  # it counts deaths, gives up at a limit
             self.log.error("container-kernel: %s", message)
             return connection_info
-        await self.cleanup(restart=False)
+        await self._give_up(first_start=not self._restarting)
         raise ContainerKernelError(message)
 
     def _tee_stderr(self) -> None:
@@ -189,23 +167,21 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped,
         kill what it left: its process group (see processes.py) and its session's processes."""
         if self.process and self.process.returncode is None and processes.exited(self.process.pid):
-            processes.kill_group(self.pgid)
-            if self._session is not None:
-                self._session.kill_processes()
+            if self._container is not None:
+                self._container.runtime_exited(self.pgid)
+            else:
+                processes.kill_group(self.pgid)
         return await super().poll()
 
     async def send_signal(self, signum: int) -> None:
-        """A runtime that forwards signals (Apptainer's starter) must not get an interrupt too:
-        it would reach the kernel twice. So SIGINT goes to the kernel and what it runs in its
-        group (they carry the session's mark), other signals to the runtime parent alone, which
-        forwards them. A runtime that execs the kernel (ch-run) has no one to forward: its group
-        gets them, as usual."""
+        """To the kernel exactly once (see KernelContainer.send_signal), else as usual."""
         status = await self.poll()  # (Popen.send_signal would reap the parent without our care)
-        if status is None and self._forwards_signals and signum != signal.SIGKILL:
-            if signum == signal.SIGINT and self._session is not None:
-                processes.signal_pids(self._session.inside_processes(self.pgid), signum)
-            else:
-                self.process.send_signal(signum)
+        container = self._container
+        if (
+            status is None
+            and container
+            and container.send_signal(self.process.pid, self.pgid, signum)
+        ):
             return
         await super().send_signal(signum)
 
@@ -214,10 +190,18 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         temporary home); keep it across a restart."""
         self._restarting = restart
         if not restart:
-            if self._session is not None:
-                self._session.end()
-            self._temporary_home = self._session = None
+            await self._end()
         await super().cleanup(restart=restart)
+
+    async def _end(self, failed_start: bool = False) -> None:
+        if self._container is not None:
+            self._container.end(failed_start=failed_start)
+            self._container = None
+
+    async def _give_up(self, first_start: bool) -> None:
+        """A start that failed: nothing of it stays (an empty fake home it made, too)."""
+        await self._end(failed_start=first_start)
+        await self.cleanup(restart=False)
 
 
 def _os_message(err: OSError) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 from traitlets import Bool, CaselessStrEnum, Dict, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
@@ -98,6 +100,45 @@ class ContainerSettings(LoggingConfigurable):
         kernel sees another's files.""",
     )
 
+    locked = List(
+        Unicode(),
+        config=True,
+        help="""Settings a site fixes in its Jupyter config: a kernel spec, a %%container option or
+        a command-line flag that sets one of them otherwise is refused (e.g. ['cleanenv', 'home',
+        'home_root', 'share_tmp']). Lists add up, so a locked list takes no additions either.""",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Settings from Jupyter config first, then the ones given here (a kernel spec's config,
+        a cell's options): lists add to the configured ones, dicts merge (given keys win),
+        other values replace. Unknown names and changes to `locked` settings are refused."""
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in self._settings()}
+        unknown = [
+            name for name in kwargs if not (name in _FRAMEWORK_KWARGS or self.has_trait(name))
+        ]
+        if unknown:
+            raise ContainerKernelError(_unknown_message(unknown[0], self._settings()))
+        super().__init__(**kwargs)
+        if "locked" in given:
+            msg = "`locked` is the site's: set it in a Jupyter config file, not here."
+            raise ContainerKernelError(msg)
+        for name, value in given.items():
+            current = getattr(self, name)
+            if isinstance(current, list):
+                combined: Any = [*current, *(item for item in value if item not in current)]
+            elif isinstance(current, dict):
+                combined = {**current, **value}
+            else:
+                combined = value
+            if name in self.locked and combined != current:
+                msg = f"The site fixes `{name}` ({current!r}): {combined!r} is not allowed here."
+                raise ContainerKernelError(msg)
+            setattr(self, name, combined)
+
+    @classmethod
+    def _settings(cls) -> set[str]:
+        return set(ContainerSettings.class_traits(config=True))
+
     @default("image")
     def _default_image(self) -> str:
         return os.environ.get(self.image_env, "")
@@ -124,6 +165,37 @@ class ContainerSettings(LoggingConfigurable):
             msg = f"home must be one of {', '.join(HOME_MODES)} or an absolute path, not {value!r}."
             raise TraitError(msg)
         return value
+
+
+# What traitlets and jupyter_client hand every Configurable or provisioner, besides settings.
+_FRAMEWORK_KWARGS = frozenset({"parent", "config", "log", "kernel_id", "kernel_spec", "shell"})
+
+
+def _unknown_message(name: str, known: set[str]) -> str:
+    close = get_close_matches(name, sorted(known), n=1)
+    hint = f": did you mean `{close[0]}`?" if close else f"; known: {', '.join(sorted(known))}."
+    return f"Unknown container-kernel setting `{name}`{hint}"
+
+
+def site_config():
+    """The settings in Jupyter's config files (jupyter_config and jupyter_server_config, .json
+    and .py, in every config folder, lowest priority first), for the faces Jupyter Server does
+    not configure: the launcher of an installed spec, the magics, the CLI. Sections
+    `ContainerSettings` and `ContainerProvisioner` both count (the launcher stands in for the
+    provisioner)."""
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.loader import Config, JSONFileConfigLoader, PyFileConfigLoader
+
+    config = Config()
+    for folder in reversed(jupyter_config_path()):
+        for base in ("jupyter_config", "jupyter_server_config"):
+            for loader, suffix in ((JSONFileConfigLoader, ".json"), (PyFileConfigLoader, ".py")):
+                if Path(folder, base + suffix).is_file():
+                    config.merge(loader(base + suffix, folder).load_config())
+    merged = Config()
+    merged.ContainerSettings.merge(config.ContainerSettings)
+    merged.ContainerSettings.merge(config.ContainerProvisioner)
+    return merged
 
 
 # Command-line spelling of the settings, shared by the CLI and the %%container magic:

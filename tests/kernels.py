@@ -12,10 +12,12 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 
 @contextlib.contextmanager
-def running_kernel(name: str, cwd: str) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+def running_kernel(
+    name: str, cwd: str, **manager_options
+) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
     # Where Jupyter Server puts connection files (a standalone KernelManager uses /tmp).
     connection_file = Path(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
-    km = KernelManager(kernel_name=name, connection_file=str(connection_file))
+    km = KernelManager(kernel_name=name, connection_file=str(connection_file), **manager_options)
     km.start_kernel(cwd=cwd)
     kc = km.client()
     kc.start_channels()

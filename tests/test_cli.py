@@ -45,7 +45,12 @@ def test_install_list_check_remove(isolated, image, runtime):
     assert "/usr/bin/python3 3.11" in out.stdout
     spec = json.loads((isolated / "user" / "kernels" / "stack" / "kernel.json").read_text())
     assert spec["display_name"] == "My stack"
-    assert spec["argv"][0] == "python3"
+    # the launcher by an absolute path (never PATH), then the kernel's argv inside
+    assert spec["argv"] == [
+        sys.executable, "-m", "container_kernel.launcher", "--spec-dir", "{resource_dir}",
+        "--connection-file", "{connection_file}",
+        "--", "python3", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+    ]  # fmt: skip
     assert spec["metadata"]["kernel_provisioner"] == {
         "provisioner_name": "container-provisioner",
         "config": {

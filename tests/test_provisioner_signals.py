@@ -1,7 +1,8 @@
 """Where the provisioner's signals go, shown on plain processes (deterministic, no kernel).
 
-Interrupts and SIGTERM go to the runtime parent only (it forwards them: signalling the whole
-group would deliver them twice); SIGKILL and cleanup take the whole process group.
+With a runtime parent that forwards signals, SIGTERM goes to it only, and SIGINT to the processes
+started inside (they carry the session's mark) only: signalling the whole group would deliver
+them twice. SIGKILL and cleanup take the whole process group.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
+from container_kernel.kernel import KernelContainer
 from container_kernel.processes import exited as processes_exited
 from container_kernel.provisioner import ContainerProvisioner
+from container_kernel.sessions import Session
 
 
 def alive(pid: int) -> bool:
@@ -36,21 +39,29 @@ def wait_dead(pid: int, timeout: float = 5) -> bool:
 
 
 @pytest.fixture
-def runtime_parent():
-    """A parent with a child in its own new process group, as jupyter_client starts kernels."""
+def runtime_parent(tmp_path):
+    """A parent with a child in its own new process group, as jupyter_client starts kernels:
+    marked as Apptainer marks them (the parent under its env prefix, the child inside)."""
+    session = Session.create(tmp_path)
     # Not `sh -c 'sleep 60 &'`: a shell's background job ignores SIGINT.
     parent = (
-        "import subprocess; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); "
-        "p.wait()"
+        "import os, subprocess, sys; env = dict(os.environ, CONTAINER_KERNEL_SESSION=sys.argv[1]);"
+        "p = subprocess.Popen(['sleep', '60'], env=env); print(p.pid, flush=True); "
+        "sys.exit(p.wait())"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", parent], stdout=subprocess.PIPE, start_new_session=True
+        [sys.executable, "-c", parent, session.name],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "APPTAINERENV_CONTAINER_KERNEL_SESSION": session.name},
     )
     child = int(proc.stdout.readline())
     provisioner = ContainerProvisioner(
         kernel_id="k", kernel_spec=KernelSpec(argv=["python3"], language="python"), parent=None
     )
     provisioner.process, provisioner.pid, provisioner.pgid = proc, proc.pid, proc.pid
+    provisioner._container = KernelContainer(provisioner, "k")
+    provisioner._container.session = session
     yield provisioner, proc, child
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -58,18 +69,24 @@ def runtime_parent():
     proc.wait()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-async def test_signals_go_to_the_runtime_parent_only(runtime_parent, signum):
+async def test_an_interrupt_goes_to_the_processes_inside_only(runtime_parent):
     provisioner, proc, child = runtime_parent
-    await provisioner.send_signal(signum)
-    proc.wait(timeout=5)
+    await provisioner.send_signal(signal.SIGINT)
+    assert wait_dead(child)
+    assert proc.wait(timeout=5) == 256 - signal.SIGINT  # sys.exit(-2): the parent got none
+
+
+async def test_other_signals_go_to_the_runtime_parent_only(runtime_parent):
+    provisioner, proc, child = runtime_parent
+    await provisioner.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == -signal.SIGTERM
     assert alive(child)  # LocalProvisioner's os.killpg would have reached it directly
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_a_runtime_that_execs_the_kernel_gets_the_group_signalled(runtime_parent, signum):
     provisioner, _, child = runtime_parent
-    provisioner._forwards_signals = False  # as ch-run: nobody would forward to the children
+    provisioner._container.forwards_signals = False  # as ch-run: nobody forwards to children
     await provisioner.send_signal(signum)
     assert wait_dead(child)
 

@@ -1,0 +1,142 @@
+"""One kernel's container, whoever starts it: the provisioner, or the launcher that an installed
+kernel spec's argv runs when a client ignores provisioners (VS Code).
+
+It owns what lives as long as the kernel, across restarts: the session (private folder, /tmp,
+mark), a temporary home, the private copy of the connection file; it builds each start's launch
+and knows where a signal must go so that the kernel gets it exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import homes, processes, sessions
+from .launch import Launch, plan, private_mount
+from .sessions import Session
+from .settings import ContainerSettings
+
+# An installed spec's argv runs the kernel through `python -m container_kernel.launcher`, so that
+# clients that ignore provisioners get the container too (see launcher.py).
+LAUNCHER_MODULE = "container_kernel.launcher"
+
+
+def spec_argv(inner: Sequence[str], python: str | None = None) -> list[str]:
+    """The argv an installed spec carries: `inner` (the kernel's argv inside) through the
+    launcher, run by the absolute path of a Python that has this package (never PATH)."""
+    return [
+        python or sys.executable, "-m", LAUNCHER_MODULE, "--spec-dir", "{resource_dir}",
+        "--connection-file", "{connection_file}", "--", *inner,
+    ]  # fmt: skip
+
+
+def command_inside(cmd: Sequence[str]) -> list[str]:
+    """The kernel's own argv in a (formatted) spec argv: what follows the launcher's `--`; a
+    spec of the previous format (the kernel's argv alone) as it is."""
+    cmd = list(cmd)
+    if len(cmd) > 2 and cmd[1:3] == ["-m", LAUNCHER_MODULE] and "--" in cmd:
+        return cmd[cmd.index("--") + 1 :]
+    return cmd
+
+
+class KernelContainer:
+    """The container side of one kernel (one kernel spec name, many restarts)."""
+
+    def __init__(self, settings: ContainerSettings, kernel_name: str) -> None:
+        self.settings = settings
+        self.kernel_name = kernel_name or "default"
+        self.session: Session | None = None
+        self.temporary_home: Path | None = None
+        self.created_home: Path | None = None  # a persistent home this kernel's start created
+        self.forwards_signals = True
+
+    def prepare(
+        self,
+        command: Sequence[str],
+        *,
+        connection_file: str,
+        cwd: str,
+        host_env: Mapping[str, str],
+        named_env: Sequence[str] = (),
+    ) -> Launch:
+        """The launch of `command` (the kernel's argv inside) for a first start or a restart."""
+        if self.session is None:
+            sessions.sweep()  # what crashed servers left
+            self.session = Session.create()
+        else:
+            self.session.kill_processes()  # a restart: what the last kernel left, setsid'd too
+        command = self._private_connection_file(command, connection_file)
+        launch = plan(
+            self.settings,
+            command,
+            cwd=cwd,
+            home=self._home(),
+            host_env=host_env,
+            session=self.session,
+            named_env=named_env,
+        )
+        self.forwards_signals = launch.runtime.forwards_signals
+        return launch
+
+    def _private_connection_file(self, command: Sequence[str], connection_file: str) -> list[str]:
+        """Copy the connection file into the session's folder that the kernel sees (its /tmp),
+        and point the command there: binding Jupyter's runtime folder would show the kernel
+        every other kernel's key and the server's token."""
+        original = os.path.realpath(connection_file)
+        folder = private_mount(self.settings, self.session)
+        name = os.path.basename(original)
+        copy = Path(folder.src, name)
+        shutil.copyfile(original, copy)  # again at each restart: ports may be new
+        copy.chmod(0o600)
+        return [arg.replace(connection_file, original).replace(original, f"{folder.dst}/{name}")
+                for arg in command]  # fmt: skip
+
+    def _home(self) -> Path | None:
+        if self.settings.home == "temporary":
+            if self.temporary_home is None:  # kept across restarts, ends with the session
+                self.temporary_home = homes.temporary_home(self.session.folder)
+            return self.temporary_home
+        if self.settings.home == "persistent" and self.created_home is None:
+            folder = homes.persistent_home_path(self.settings.home_root, self.kernel_name)
+            if not folder.exists():
+                self.created_home = folder
+        return homes.resolve_home(self.settings.home, self.settings.home_root, self.kernel_name)
+
+    def send_signal(self, runtime_pid: int, pgid: int | None, signum: int) -> bool:
+        """Signal the kernel the way that reaches it once; False: the caller signals the group
+        as usual (a runtime that execs the kernel, ch-run, has no one to forward).
+
+        A runtime parent that forwards signals (Apptainer's starter) must not get an interrupt
+        too: it would reach the kernel twice. So SIGINT goes to the kernel and what it runs in
+        its group (they carry the session's mark), other signals to the runtime parent alone."""
+        if not self.forwards_signals or signum == signal.SIGKILL:
+            return False
+        if signum == signal.SIGINT and self.session is not None and pgid:
+            targets = self.session.inside_processes(pgid)
+            if targets:
+                processes.signal_pids(targets, signum)
+                return True
+        processes.signal_pids([runtime_pid], signum)
+        return True
+
+    def runtime_exited(self, pgid: int | None) -> None:
+        """The runtime parent exited (not yet reaped): kill what it left, in its group and in
+        sessions of their own."""
+        processes.kill_group(pgid)
+        if self.session is not None:
+            self.session.kill_processes()
+
+    def end(self, failed_start: bool = False) -> None:
+        """The kernel is gone for good: end its session (processes, private folder, temporary
+        home); after a failed first start, also the empty persistent home it created."""
+        if self.session is not None:
+            self.session.end()
+        if failed_start and self.created_home is not None:
+            with contextlib.suppress(OSError):
+                self.created_home.rmdir()  # only if still empty
+        self.session = self.temporary_home = self.created_home = None
