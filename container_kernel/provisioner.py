@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
+from tornado.web import HTTPError
 from traitlets import Float
 
 from . import processes
@@ -25,6 +26,19 @@ from .kernel import KernelContainer, command_inside
 from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
+
+
+class KernelStartError(ContainerKernelError, HTTPError):
+    """A start that failed, with its one-line cause. Also a tornado HTTPError, as gateway
+    provisioners raise: Jupyter Server then sends the cause to the client (JupyterLab's dialog)
+    instead of "Unhandled error"."""
+
+    def __init__(self, message: str) -> None:
+        HTTPError.__init__(self, 500, message, reason="Kernel start failed")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ContainerProvisioner(ContainerSettings, LocalProvisioner):
@@ -52,7 +66,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             message = str(err) if isinstance(err, ContainerKernelError) else _os_message(err)
             if not self._restarting or not self._has_restarter():
                 await self._give_up(first_start=not self._restarting)
-                raise ContainerKernelError(message) from None
+                raise KernelStartError(message) from None
             # jupyter_client's restarter counts only restarts that launch something (it would
             # retry forever): launch a process that fails with the reason, so it gives up.
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
@@ -123,7 +137,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             self.log.error("container-kernel: %s", message)
             return connection_info
         await self._give_up(first_start=not self._restarting)
-        raise ContainerKernelError(message)
+        raise KernelStartError(message)
 
     def _tee_stderr(self) -> None:
         # The reader owns the pipe: LocalProvisioner.wait() must not close it under the thread.
@@ -149,7 +163,8 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         if self._stderr_reader is not None:  # read the runtime's last words first
             await asyncio.to_thread(self._stderr_reader.join, 2)
         detail = runtime_message(self._stderr_tail or ())
-        return f"Kernel in {self.image} exited at start (status {status}): {detail}"
+        # The cause first: JupyterLab's error dialog cuts long messages off at the end.
+        return f"{detail} (the kernel exited at start with status {status}; image {self.image})"
 
     async def _kernel_listening(self) -> bool:
         """True once the kernel's heartbeat port accepts connections (it has bound its sockets)."""

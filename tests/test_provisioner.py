@@ -246,7 +246,12 @@ def test_image_without_ipykernel_reports_the_kernels_own_error(kernel_spec, note
     spec_file.write_text(json.dumps(spec))
     km = KernelManager(kernel_name=name)
     started = time.monotonic()
-    with pytest.raises(ContainerKernelError, match="No module named no_such_kernel_module"):
+    # the cause first (JupyterLab's dialog cuts long messages), then status and image
+    with pytest.raises(
+        ContainerKernelError,
+        match=r"^/usr/bin/python3: No module named no_such_kernel_module \(the kernel exited at "
+        r"start with status 1; image .*bookworm-ipykernel\)$",
+    ):
         km.start_kernel(cwd=str(notebook_dir))
     assert time.monotonic() - started < 10
     km.cleanup_resources()
