@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: system-packages venv image test lint demo clean
+.PHONY: system-packages venv image test test-as-user lint demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Everything as root, then the security, lifecycle and soak suites as an unprivileged user.
 test: venv image lint
 	@scripts/system-packages --tests
 	$(BIN)/python -m pytest
+	scripts/test-as-user
+
+test-as-user: image
+	@scripts/system-packages --tests
+	scripts/test-as-user
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -118,7 +118,8 @@ def test_apptainerenv_home_is_refused(run, monkeypatch):
     )
 
 
-def test_custom_home_is_bound_and_hides_the_real_one(run, tmp_path):
+def test_custom_home_is_bound_and_hides_the_real_one(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a clone under /root would be bound there as the cwd
     result = run(
         "sh",
         "-c",

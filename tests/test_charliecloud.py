@@ -143,3 +143,47 @@ def test_staging_folder_must_be_ours_and_private(image, tmp_path, monkeypatch):
 def test_uri_images_are_refused_with_what_to_do():
     with pytest.raises(ContainerKernelError, match="ch-run runs local images, not docker://x"):
         exec_command("ch-run", FLAVOUR, ExecRequest(image="docker://x", command=["x"]), {})
+
+
+def test_folders_go_at_their_own_path_over_an_empty_folder_of_the_image(image, tmp_path):
+    (image / "home").mkdir()  # empty, as in most images: covering it hides nothing
+    (image / "scratch").mkdir()
+    (image / "etc").mkdir()
+    (image / "etc" / "passwd").write_text("")
+    private = tmp_path / "session"
+    (tmp_path / "tmp").mkdir()
+    request = ExecRequest(
+        image=str(image),
+        command=["python3", "/scratch/me/project/run.py"],
+        home=Bind("/host/fake", "/home/me", staging="home"),
+        binds=[Bind("/host/project", "/scratch/me/project", staging="notebook"),
+               Bind("/host/conf", "/etc/app", staging="notebook")],  # /etc is not empty
+        workdir="/scratch/me/project",
+        host_private=str(private),
+        tmp=str(tmp_path / "tmp"),
+    )  # fmt: skip
+    command = exec_command("ch-run", FLAVOUR, request, {})
+    binds = [command.argv[i + 1] for i, a in enumerate(command.argv) if a == "-b"]
+    skeletons = private / "skeleton"
+    assert binds[:6] == [
+        f"{tmp_path / 'tmp'}:/tmp",
+        f"{skeletons / 'home'}:/home",
+        "/host/fake:/home/me",
+        f"{skeletons / 'scratch'}:/scratch",
+        "/host/project:/scratch/me/project",
+        f"/host/conf:/tmp/.container-kernel-{os.getuid()}/notebook",  # /etc is not empty: staged
+    ]
+    assert (skeletons / "home" / "me").is_dir()
+    assert (skeletons / "scratch" / "me" / "project").is_dir()
+    assert command.argv[command.argv.index("-c") + 1] == "/scratch/me/project"
+    assert command.argv[-1] == "/scratch/me/project/run.py"
+    assert "HOME='/home/me'\n" in "".join(command.files.values())
+
+
+def test_a_folder_with_a_colon_is_refused_naming_it(image, tmp_path):
+    request = ExecRequest(
+        image=str(image), command=["x"], binds=[Bind("/data/a:b", "/data/a:b", staging="notebook")],
+        host_private=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(ContainerKernelError, match="^ch-run cannot bind the notebook's folder /dat"):
+        exec_command("ch-run", FLAVOUR, request, {})

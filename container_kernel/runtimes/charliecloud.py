@@ -68,8 +68,11 @@ def exec_command(
     binds: list[Bind] = []
     for asked in ([request.home] if request.home else []) + list(request.binds):
         bind = replace(asked, dst=_follow(asked.dst, moved))
+        _refuse_colon(bind)
         if request.tmp and _within(bind.dst, "/tmp"):  # a folder of ours: make the mount point
             Path(request.tmp, bind.dst[len("/tmp/") :]).mkdir(parents=True, exist_ok=True)
+        elif request.host_private and not _can_mount_at(image, bind.dst, [host_tmp, *binds]):
+            _skeleton(image, bind.dst, binds, Path(request.host_private, "skeleton"))
         placed = _place(image, bind, [host_tmp, *binds])
         if placed.dst != asked.dst:
             moved[asked.dst] = placed.dst
@@ -142,6 +145,41 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
         "destination that exists in the image or is under /tmp."
     )
     raise ContainerKernelError(msg)
+
+
+def _skeleton(image: Path, dst: str, binds: list[Bind], skeletons: Path) -> None:
+    """Give `dst` its own path inside when the image has an empty folder on that path (/home,
+    /mnt, /scratch...): a folder of ours, holding the path's folders as mount points, is bound
+    over that empty one (it hides nothing). Adds that bind to `binds` when it is new."""
+    if not image.is_dir():
+        return  # a SquashFS file: its folders cannot be seen
+    covering = next((b for b in reversed(binds) if b.staging == "skeleton" and
+                     _within(dst, b.dst)), None)  # fmt: skip
+    if covering is None:
+        parent = os.path.dirname(dst.rstrip("/"))
+        while parent != "/" and not (image / parent.lstrip("/")).is_dir():
+            parent = os.path.dirname(parent)
+        folder = image / parent.lstrip("/")
+        if parent == "/" or folder.is_symlink() or not _empty(folder):
+            return
+        if any(_within(b.dst, parent) or _within(parent, b.dst) for b in binds):
+            return  # another bind already goes there
+        covering = Bind(str(skeletons / parent.lstrip("/")), parent, staging="skeleton")
+        binds.append(covering)
+    Path(covering.src, dst[len(covering.dst) :].lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def _empty(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
+def _refuse_colon(bind: Bind) -> None:
+    """`-b SRC:DST` splits on ':': say which folder cannot go in, and why."""
+    if ":" in bind.src or ":" in bind.dst:
+        what = "the notebook's folder" if bind.staging == "notebook" else "the folder"
+        msg = f"ch-run cannot bind {what} {bind.src}: ':' in its path (-b splits on it); rename it."
+        raise ContainerKernelError(msg)
 
 
 def _private_staging(host_tmp: str) -> Path:
