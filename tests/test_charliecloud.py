@@ -185,5 +185,5 @@ def test_a_folder_with_a_colon_is_refused_naming_it(image, tmp_path):
         image=str(image), command=["x"], binds=[Bind("/data/a:b", "/data/a:b", staging="notebook")],
         host_private=str(tmp_path),
     )  # fmt: skip
-    with pytest.raises(ContainerKernelError, match="^ch-run cannot bind the notebook's folder /dat"):
+    with pytest.raises(ContainerKernelError, match=r"^ch-run cannot bind the notebook's folder /d"):
         exec_command("ch-run", FLAVOUR, request, {})
