@@ -28,9 +28,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everything as root, then the security, lifecycle and soak suites as an unprivileged user.
+# Everything as root (a real JupyterHub and JupyterLab in Chromium among it), then the security,
+# lifecycle and soak suites as an unprivileged user.
 test: venv image lint
 	@scripts/system-packages --tests
+	@scripts/setup-browser
+	@scripts/setup-hub >/dev/null
 	$(BIN)/python -m pytest
 	scripts/test-as-user
 

@@ -217,6 +217,16 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         """A start that failed: nothing of it stays (an empty fake home it made, too)."""
         await self._end(failed_start=first_start)
         await self.cleanup(restart=False)
+        self._forget_failed_start()
+
+    def _forget_failed_start(self) -> None:
+        """jupyter_client's MultiKernelManager keeps a kernel whose start raised in its
+        `_pending_kernels` (`_add_kernel_when_ready` logs the error and returns), so Jupyter
+        Server's shutdown of all kernels fails on it ("Kernel does not exist") and the server
+        never stops on SIGTERM. Take it out (jupyter_client 8.10, to be reported upstream)."""
+        pending = getattr(getattr(self.parent, "parent", None), "_pending_kernels", None)
+        if isinstance(pending, dict):
+            pending.pop(self.kernel_id, None)
 
 
 def _os_message(err: OSError) -> str:

@@ -349,7 +349,8 @@ def test_the_host_tmp_is_bound_by_default(run, tmp_path):
     assert (result.returncode, result.stdout) == (0, "seen")
 
 
-def test_a_bind_over_tmp_hides_the_hosts(run, tmp_path):
+def test_a_bind_over_tmp_hides_the_hosts(run, tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # a current folder under /tmp would be bound there
     (tmp_path / "on-the-host").write_text("seen")
     private = tmp_path / "private"
     private.mkdir()

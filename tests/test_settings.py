@@ -108,3 +108,28 @@ def test_site_settings_reach_a_kernel_through_its_server_config(site, kernel_spe
         )
         assert km.provisioner.startup_check_timeout == 20.0
     assert json.loads(out) == ["1", "spec", "on scratch"]
+
+
+def test_the_documented_site_config_as_it_is(tmp_path, monkeypatch, kernel_spec):
+    folder = tmp_path / "etc-jupyter"
+    folder.mkdir()
+    docs = Path(__file__).parent.parent / "docs" / "jupyter_server_config.py"
+    (folder / "jupyter_server_config.py").write_text(docs.read_text())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "data.csv").write_text("1,2")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("SCRATCH", str(scratch))
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_FAKE_TOKEN", "secret")
+    with pytest.raises(ContainerKernelError, match="The site fixes `cleanenv`"):
+        ContainerSettings(config=site_config(), cleanenv=False)
+    name = kernel_spec(env={"OMP_NUM_THREADS": "8"})  # a spec for a compute node's cores
+    with running_kernel(name, str(tmp_path), config=site_config()) as (_, kc):
+        out = run(
+            kc,
+            "import os, json; print(json.dumps([os.environ['OMP_NUM_THREADS'], "
+            "os.environ['MKL_NUM_THREADS'], os.environ['SLURM_JOB_ID'], "
+            f"'SLURM_FAKE_TOKEN' in os.environ, open({str(scratch / 'data.csv')!r}).read()]))",
+        )
+    assert json.loads(out) == ["8", "1", "42", False, "1,2"]

@@ -1,0 +1,22 @@
+# /etc/jupyter/jupyter_server_config.py: container-kernel settings for every user, every
+# container kernel spec, the launcher of installed specs, %%container and `container-kernel check`.
+# A kernel spec's own config goes on top: lists add up, dicts merge (the spec's keys win), other
+# values from the spec win, except the `locked` ones. tests/test_settings.py runs this file as it is.
+import os
+
+c = get_config()  # noqa: F821
+
+# Shared login nodes: one thread per numerical library unless a kernel spec says otherwise.
+c.ContainerSettings.env = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+# The data lives on scratch. Bind it, never the whole home: the fake home keeps the real one
+# (and ~/.local) out, and ~/.local/share/jupyter/runtime holds every kernel's key.
+c.ContainerSettings.binds = [os.environ.get("SCRATCH", "/scratch")]
+# Let the scheduler's variables in (a glob never admits tokens, keys or proxies).
+c.ContainerSettings.pass_env = ["SLURM_*"]
+# What no kernel spec, cell or command line may change here.
+c.ContainerSettings.locked = ["cleanenv", "share_tmp"]
