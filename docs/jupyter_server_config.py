@@ -1,7 +1,7 @@
 # /etc/jupyter/jupyter_server_config.py: container-kernel settings for every user, every
 # container kernel spec, the launcher of installed specs, %%container and `container-kernel check`.
 # A kernel spec's own config goes on top: lists add up, dicts merge (the spec's keys win), other
-# values from the spec win, except the `locked` ones. tests/test_settings.py runs this file as it is.
+# values from the spec win, except the `locked` ones. tests/test_settings.py runs this file.
 import os
 
 c = get_config()  # noqa: F821
