@@ -1,95 +1,126 @@
-"""`container-kernel`: install, list, check and remove kernel specs that run in a container."""
+"""Manage Jupyter kernel specs whose kernel runs in a container image (Apptainer, Singularity,
+Charliecloud)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
+from pathlib import Path
 
 from traitlets import TraitError
 
-from . import kernelspec
-from .errors import ContainerKernelError, runtime_message
-from .kernel import command_inside
-from .launch import check_image, plan
-from .sessions import Session
-from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
-
-PROBE = (
-    "import sys, platform; import ipykernel; "
-    "print(sys.executable, platform.python_version(), ipykernel.__version__)"
+from . import doctor, kernelspec
+from .errors import ContainerKernelError
+from .homes import persistent_home_path
+from .launch import check_image
+from .probe import probe, require_ipykernel
+from .settings import (
+    ContainerSettings,
+    add_settings_arguments,
+    settings_from_arguments,
+    site_config,
 )
+from .sync import Sync
 
-
-def probe(settings: ContainerSettings, interpreter: str = "python3") -> str:
-    """Run the interpreter in the image and import ipykernel: what a kernel start needs.
-
-    Returns "EXECUTABLE PYTHON_VERSION IPYKERNEL_VERSION"; raises with the runtime's message.
-    """
-    session = Session.create()
-    try:
-        launch = plan(
-            settings, [interpreter, "-c", PROBE], cwd="/", home=None, host_env=os.environ,
-            session=session,
-        )  # fmt: skip
-        out = subprocess.run(
-            launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
-        )
-    finally:
-        session.end()
-    if out.returncode != 0:
-        msg = (
-            f"{interpreter} with ipykernel does not run in {settings.image}: "
-            f"{runtime_message(out.stderr.splitlines()[-6:])}"
-        )
-        raise ContainerKernelError(msg)
-    return out.stdout.strip()
+EPILOG = """examples:
+  container-kernel install /images/stack.sif --bind /scratch   # for you
+  container-kernel sync /images --system                       # one spec per image, for all
+  container-kernel list
+  container-kernel check stack                                 # what works, what does not
+  container-kernel remove stack"""
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    settings = ContainerSettings(image=check_image(args.image), **settings_from_arguments(args))
+    """The spec says only what the flags say: the site's settings apply when it runs, so they
+    reach the image check here, never the kernel.json."""
+    flags = settings_from_arguments(args)
+    image = check_image(args.image) if args.check else _absolute(args.image)
+    settings = ContainerSettings(image=image, **flags)  # the spec's own: no site settings
     name = (args.name or kernelspec.default_kernel_name(args.image)).lower()  # as jupyter_client
-    spec = kernelspec.kernel_dict(settings, args.display_name, args.python)
-    where = {"user": not args.system, "prefix": args.prefix}
+    facts = None
+    if args.check:
+        effective = ContainerSettings(config=site_config(), image=image, **flags)
+        facts = require_ipykernel(probe(effective, args.python), args.python, image)
+        debugger = f"debugpy {facts.debugpy}" if facts.debugger else "no debugger"
+        print(
+            f"checking {image}: {facts.executable} {facts.python}, "
+            f"ipykernel {facts.ipykernel}, {debugger}"
+        )
+    elif "://" not in image and not Path(image).exists():
+        print(
+            f"container-kernel install: warning: {image} does not exist (yet); its kernel will "
+            "not start until it does.",
+            file=sys.stderr,
+        )
+    spec = kernelspec.kernel_dict(settings, args.display_name, args.python, facts)
+    where = _where(args)
     if kernelspec.installed_unchanged(spec, kernelspec.destination(name, **where)):
         print(f"Kernel spec {name!r} is installed already, unchanged.")
         return 0
-    if args.check:
-        print(f"checking {settings.image}: {probe(settings, args.python)}")
     folder = kernelspec.install(spec, name, **where)
     print(f"Installed kernel spec {name!r} ({spec['display_name']}) in {folder}")
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """See sync.py; the same destinations as install."""
+    sync = Sync(
+        folder=Path(_absolute(args.folder)),
+        kernels=kernelspec.kernels_folder(**_where(args)),
+        flags=settings_from_arguments(args),
+        interpreter=args.python,
+        check=args.check,
+        dry_run=args.dry_run,
+    )
+    return sync.run()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    specs = kernelspec.container_specs()
+    """A spec whose image is gone still shows in JupyterLab and fails at start: flag it."""
+    installed = kernelspec.container_specs()
+    specs = [kernelspec.describe(name, entry) for name, entry in installed.items()]
     if args.json:
-        print(json.dumps(specs, indent=2))
+        print(json.dumps({spec.pop("name"): spec for spec in specs}, indent=2))
         return 0
     if not specs:
-        print(
-            "No kernel specs use the container provisioner. Add one: container-kernel install IMAGE"
-        )
-    for name, entry in specs.items():
-        config = entry["spec"]["metadata"]["kernel_provisioner"].get("config", {})
-        print(f"{name:24} {config.get('image', '?')}  [{entry['resource_dir']}]")
+        print("No container kernel specs. Add one: container-kernel install IMAGE")
+        return 0
+    rows = [("NAME", "DISPLAY NAME", "RUNTIME", "IMAGE", "")] + [
+        (s["name"], s["display_name"], s["runtime"], s["image"],
+         "missing" if s["image_exists"] is False else "")
+        for s in specs
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]).rstrip())
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """An installed spec by its name, else an image by its path (see doctor.py)."""
     specs = kernelspec.container_specs()
-    if args.name not in specs:
-        msg = f"No container kernel spec named {args.name!r}; see `container-kernel list`."
+    flags = settings_from_arguments(args)
+    report = doctor.Report()
+    if args.target in specs:
+        if flags or args.python:
+            msg = f"{args.target!r} is a kernel spec: its settings are in its kernel.json."
+            raise ContainerKernelError(msg)
+        doctor.check_spec(args.target, specs[args.target], report)
+    elif "/" in args.target or Path(args.target).exists():
+        doctor.check_image(_absolute(args.target), flags, args.python or "python3", report)
+    else:
+        msg = (
+            f"No container kernel spec named {args.target!r}, and no image by that path; see "
+            "`container-kernel list`."
+        )
         raise ContainerKernelError(msg)
-    spec = specs[args.name]["spec"]
-    settings = kernelspec.spec_settings(spec)
-    print(f"{args.name}: {probe(settings, command_inside(spec['argv'])[0])}")
-    return 0
+    return 1 if report.failed else 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    """Only container specs, through jupyter_client; the fake homes stay (users' files)."""
     specs = kernelspec.container_specs()
     unknown = [name for name in args.names if name not in specs]
     if unknown:
@@ -97,46 +128,134 @@ def cmd_remove(args: argparse.Namespace) -> int:
         raise ContainerKernelError(msg)
     manager = kernelspec.KernelSpecManager()
     for name in args.names:
-        print(f"Removed {manager.remove_kernel_spec(name)}")
+        home = _kept_home(name, specs[name]["spec"])
+        print(f"Removed {manager.remove_kernel_spec(name)}{home}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="container-kernel", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _kept_home(name: str, spec: dict) -> str:
+    """Where the removed spec's home stays, to say so: an admin may want it gone too."""
+    try:
+        settings = kernelspec.spec_settings(spec)
+    except (ContainerKernelError, TraitError):
+        settings = ContainerSettings()
+    if settings.home == "persistent":
+        home = persistent_home_path(settings.home_root, name)
+        return f"; its fake home is kept: {home}" if home.exists() else ""
+    if settings.home not in ("temporary", "none"):
+        return f"; its home folder is kept: {settings.home}"
+    return ""
 
-    install = commands.add_parser("install", help="install a kernel spec for an image")
-    install.add_argument("image", help="SIF file or image directory (or a docker:// URI)")
-    install.add_argument("--name", help="kernel spec name (default: from the image's file name)")
-    install.add_argument("--display-name", default="", help="name shown in JupyterLab")
-    install.add_argument(
-        "--python", default="python3", help="the interpreter inside the image (default: python3)"
-    )
-    where = install.add_mutually_exclusive_group()
-    where.add_argument("--user", action="store_true", help="for the current user (default)")
-    where.add_argument("--system", action="store_true", help="system-wide (e.g. JupyterHub)")
-    where.add_argument("--prefix", help="under PREFIX/share/jupyter/kernels")
+
+def _absolute(image: str) -> str:
+    return image if "://" in image else str(Path(image).expanduser().absolute())
+
+
+def _where(args: argparse.Namespace) -> dict:
+    return {"user": not args.system, "prefix": args.prefix}
+
+
+def _add_destination(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--sys-prefix", action="store_const", const=sys.prefix, dest="prefix",
-        help=f"in this Python environment ({sys.prefix})",
+        "--user", action="store_true", help="Install to the per-user kernel registry (the default)."
+    )
+    where.add_argument(
+        "--system",
+        action="store_true",
+        help="Install system-wide, for every user (e.g. JupyterHub).",
+    )
+    where.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        help="Install to PREFIX/share/jupyter/kernels, e.g. an environment's.",
+    )
+    where.add_argument("--sys-prefix", action="store_const", const=sys.prefix, dest="prefix",
+                       help=f"Install to Python's sys.prefix ({sys.prefix}).")  # fmt: skip
+
+
+def _add_python(parser: argparse.ArgumentParser, default: str | None = "python3") -> None:
+    parser.add_argument("--python", default=default, metavar="INTERPRETER",
+                        help="The interpreter inside the image (default: python3).")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="container-kernel", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    install = commands.add_parser(
+        "install", help="Install a kernel spec for an image.",
+        description="Install a kernel spec that runs ipykernel inside IMAGE. The image is "
+        "checked first: its Python must import ipykernel.",
     )  # fmt: skip
     install.add_argument(
-        "--no-check", dest="check", action="store_false",
-        help="do not check first that the image runs python with ipykernel",
-    )  # fmt: skip
+        "image",
+        metavar="IMAGE",
+        help="A SIF file, a sandbox folder, a SquashFS file or a docker:// URI.",
+    )
+    install.add_argument("--name", help="The kernel spec's name (default: the image's file name).")
+    install.add_argument("--display-name", default="", help="The name shown in JupyterLab.")
+    _add_python(install)
+    _add_destination(install)
+    install.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="Do not run the image first: it may not exist yet (a warning).",
+    )
     add_settings_arguments(install.add_argument)
     install.set_defaults(run=cmd_install)
 
-    listing = commands.add_parser("list", help="list kernel specs that run in a container")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    sync = commands.add_parser(
+        "sync", help="Keep one kernel spec per image in a folder.",
+        description="Install a kernel spec for every image in DIR (SIF, SquashFS files, sandbox "
+        "folders), update those whose spec changed, and remove those whose image is gone "
+        "(only specs sync made). One line per spec; safe to run from cron.",
+    )  # fmt: skip
+    sync.add_argument("folder", metavar="DIR", help="The folder of images.")
+    _add_python(sync)
+    _add_destination(sync)
+    sync.add_argument(
+        "--dry-run", action="store_true", help="Print what would change, and change nothing."
+    )
+    sync.add_argument(
+        "--check",
+        action="store_true",
+        help="Run each image's Python first (slower); a failing image is skipped.",
+    )
+    add_settings_arguments(sync.add_argument)
+    sync.set_defaults(run=cmd_sync)
+
+    listing = commands.add_parser("list", help="List installed container kernel specs.",
+                                  description="List installed container kernel specs, their "
+                                  "images, and whether each image still exists.")  # fmt: skip
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="Output the specs and their images as machine-readable JSON.",
+    )
     listing.set_defaults(run=cmd_list)
 
-    check = commands.add_parser("check", help="check that a kernel spec's image can run a kernel")
-    check.add_argument("name")
+    check = commands.add_parser(
+        "check", help="Check that a kernel spec or an image starts a kernel.",
+        description="Check the runtime, the image, its Python and ipykernel, then start a real "
+        "kernel. One line per check, `ok` or `FAIL` with the fix; exit status 1 on any FAIL. "
+        "Settings flags go with an IMAGE only.",
+    )  # fmt: skip
+    check.add_argument("target", metavar="NAME|IMAGE", help="A kernel spec's name, or an image.")
+    _add_python(check, default=None)
+    add_settings_arguments(check.add_argument)
     check.set_defaults(run=cmd_check)
 
-    remove = commands.add_parser("remove", help="remove kernel specs (their fake homes are kept)")
-    remove.add_argument("names", nargs="+", metavar="name")
+    remove = commands.add_parser(
+        "remove", aliases=["uninstall"], help="Remove one or more container kernel specs by name.",
+        description="Remove one or more container kernel specs by name. Their fake homes, which "
+        "hold the users' files, are kept.",
+    )  # fmt: skip
+    remove.add_argument("names", nargs="+", metavar="NAME", help="A kernel spec's name.")
     remove.set_defaults(run=cmd_remove)
     return parser
 

@@ -53,6 +53,7 @@ class KernelContainer:
         self.session: Session | None = None
         self.temporary_home: Path | None = None
         self.created_home: Path | None = None  # a persistent home this kernel's start created
+        self.connection_copy: Path | None = None  # the kernel's own copy, on the host
         self.forwards_signals = True
 
     def prepare(
@@ -93,6 +94,7 @@ class KernelContainer:
         copy = Path(folder.src, name)
         shutil.copyfile(original, copy)  # again at each restart: ports may be new
         copy.chmod(0o600)
+        self.connection_copy = copy
         return [arg.replace(connection_file, original).replace(original, f"{folder.dst}/{name}")
                 for arg in command]  # fmt: skip
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -15,9 +17,13 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
 from .kernel import spec_argv
-from .settings import ContainerSettings
+from .probe import Facts
+from .settings import ContainerSettings, site_config
 
 PROVISIONER_NAME = "container-provisioner"
+MARK = "container_kernel"  # metadata.container_kernel: what we learned and who made the spec
+IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
+LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")  # JupyterLab's Launcher shows them
 
 
 def non_default_settings(settings: ContainerSettings) -> dict[str, Any]:
@@ -34,50 +40,107 @@ def non_default_settings(settings: ContainerSettings) -> dict[str, Any]:
 
 def default_kernel_name(image: str) -> str:
     """`my-image` for `/images/My Image.sif`: a valid, readable kernel spec name."""
-    stem = Path(image.rstrip("/")).name.removesuffix(".sif").removesuffix(".img")
+    stem = Path(image.rstrip("/")).name
+    for suffix in IMAGE_SUFFIXES:
+        stem = stem.removesuffix(suffix)
     return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "container"
 
 
 def kernel_dict(
-    settings: ContainerSettings, display_name: str = "", interpreter: str = "python3"
+    settings: ContainerSettings,
+    display_name: str = "",
+    interpreter: str = "python3",
+    facts: Facts | None = None,
+    mark: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The kernel.json: ipykernel run by `interpreter` INSIDE the image, through the provisioner,
-    or through the launcher its argv names where a client ignores provisioners."""
+    or through the launcher its argv names where a client ignores provisioners.
+
+    `facts` (the probe's, None: not probed) turn frozen modules off where ipykernel's own spec
+    would, and turn the debugger on where the image can debug; `mark` goes in the metadata."""
+    python_arguments = facts.python_arguments if facts else []
+    inner = [interpreter, *python_arguments, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    ours = dict(mark or {})
+    if facts:
+        ours["probe"] = facts.recorded()
+    metadata: dict[str, Any] = {
+        "debugger": bool(facts and facts.debugger),
+        "kernel_provisioner": {
+            "provisioner_name": PROVISIONER_NAME,
+            "config": non_default_settings(settings),
+        },
+    }
+    if ours:
+        metadata[MARK] = ours
     return {
-        "argv": spec_argv([interpreter, "-m", "ipykernel_launcher", "-f", "{connection_file}"]),
+        "argv": spec_argv(inner),
         "display_name": display_name or f"Python 3 ({Path(settings.image.rstrip('/')).name})",
         "language": "python",
         "interrupt_mode": "signal",
         "env": {},
-        "metadata": {
-            "kernel_provisioner": {
-                "provisioner_name": PROVISIONER_NAME,
-                "config": non_default_settings(settings),
-            }
-        },
+        "metadata": metadata,
     }
 
 
+def logo_files() -> dict[str, bytes]:
+    """The Python logos of the host's ipykernel (`ipykernel/resources/`), as its spec has."""
+    found = importlib.util.find_spec("ipykernel")
+    if not found or not found.submodule_search_locations:
+        return {}
+    resources = Path(next(iter(found.submodule_search_locations)), "resources")
+    return {name: (resources / name).read_bytes() for name in LOGOS if (resources / name).is_file()}
+
+
 def write_kernel_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    """Write the logos, then kernel.json, each file replaced atomically: a client listing specs
+    meanwhile sees the old spec or the new one, and a new folder only once it is whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+    for name, data in logo_files().items():
+        _replace_file(folder / name, data)
+    _replace_file(folder / "kernel.json", (json.dumps(spec, indent=2) + "\n").encode())
     return folder
 
 
-def destination(name: str, *, user: bool = True, prefix: str | None = None) -> Path:
-    """The folder `install` writes, by jupyter_client's rules."""
-    if prefix:
-        return Path(prefix, "share", "jupyter", "kernels", name)
-    root = jupyter_data_dir() if user else SYSTEM_JUPYTER_PATH[0]
-    return Path(root, "kernels", name)
+def _replace_file(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # readable by all users
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, path)
+
+
+def read_spec(folder: Path) -> dict[str, Any] | None:
+    """A folder's kernel.json, or None when it has none that parses."""
+    try:
+        spec = json.loads((folder / "kernel.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 def installed_unchanged(spec: dict[str, Any], folder: Path) -> bool:
-    """True when `folder` already holds exactly this spec: a rerun then changes nothing."""
-    try:
-        return json.loads((folder / "kernel.json").read_text()) == spec
-    except (OSError, ValueError):
+    """True when `folder` already holds exactly this spec and its logos: nothing to rewrite."""
+    if read_spec(folder) != spec:
         return False
+    for name, data in logo_files().items():
+        try:
+            if (folder / name).read_bytes() != data:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def kernels_folder(*, user: bool = True, prefix: str | None = None) -> Path:
+    """The kernels folder `install` writes to, by jupyter_client's rules."""
+    if prefix:
+        return Path(prefix, "share", "jupyter", "kernels")
+    return Path(jupyter_data_dir() if user else SYSTEM_JUPYTER_PATH[0], "kernels")
+
+
+def destination(name: str, *, user: bool = True, prefix: str | None = None) -> Path:
+    """The folder `install` writes for `name`."""
+    return kernels_folder(user=user, prefix=prefix) / name
 
 
 def install(
@@ -91,19 +154,42 @@ def install(
         )
 
 
+def is_container_spec(spec: dict[str, Any] | None) -> bool:
+    metadata = (spec or {}).get("metadata") or {}
+    return (metadata.get("kernel_provisioner") or {}).get("provisioner_name") == PROVISIONER_NAME
+
+
 def container_specs() -> dict[str, dict[str, Any]]:
     """Installed kernel specs that use the provisioner: name -> {resource_dir, spec}."""
     found = KernelSpecManager().get_all_specs()
     return {
-        name: entry
-        for name, entry in sorted(found.items())
-        if entry["spec"].get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name")
-        == PROVISIONER_NAME
+        name: entry for name, entry in sorted(found.items()) if is_container_spec(entry["spec"])
     }
 
 
-def spec_settings(spec: dict[str, Any]) -> ContainerSettings:
-    """The settings a kernel spec's provisioner config describes."""
-    config = spec["metadata"]["kernel_provisioner"].get("config", {})
-    known = ContainerSettings.class_traits(config=True)
-    return ContainerSettings(**{k: v for k, v in config.items() if k in known})
+def spec_config(spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(spec["metadata"]["kernel_provisioner"].get("config") or {})
+
+
+def spec_settings(spec: dict[str, Any], *, site: bool = True) -> ContainerSettings:
+    """The settings a kernel of this spec gets: the site's Jupyter config, then the spec's."""
+    config = site_config() if site else None
+    return ContainerSettings(config=config, **spec_config(spec))
+
+
+def describe(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """One spec as `list` shows it: where its image is, and whether it is still there."""
+    spec = entry["spec"]
+    config = spec_config(spec)
+    image = str(config.get("image", ""))
+    exists = None if "://" in image else bool(image) and Path(image).expanduser().exists()
+    return {
+        "name": name,
+        "display_name": spec.get("display_name", ""),
+        "runtime": config.get("runtime", "auto"),
+        "image": image,
+        "image_exists": exists,  # None: a URI, fetched by the runtime
+        "synced_from": (spec["metadata"].get(MARK) or {}).get("synced_from"),
+        "resource_dir": entry["resource_dir"],
+        "spec": spec,
+    }

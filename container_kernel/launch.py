@@ -24,6 +24,8 @@ NOTEBOOK_MOUNT = "/mnt/notebook"
 # Where our private folder (connection-file copy...) goes when the container shares the host's
 # /tmp; with a private /tmp, it is that /tmp.
 PRIVATE_MOUNT = "/mnt/container-kernel"
+# The container's own /tmp and /var/tmp, unless the host's are shared.
+PRIVATE_TMP = frozenset({"/tmp", "/var/tmp"})
 # Apptainer's own list of folders its current-directory mount never covers.
 SYSTEM_DIRS = frozenset({"/etc", "/bin", "/mnt", "/usr", "/var", "/opt", "/sbin", "/lib", "/lib64"})
 
@@ -35,7 +37,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    runtime: Runtime
+    runtime: Runtime | None  # None: the runtime is chosen where the container runs (Slurm)
 
 
 def check_image(image: str) -> str:
@@ -114,6 +116,12 @@ def build_request(
     workdir = workdir_mount(cwd, inside_home)
     private = private_mount(settings, session)
     binds = [*extra_binds, *user_binds(settings.binds)]
+    if not settings.share_tmp and (covered := [b.spec() for b in binds if b.dst in PRIVATE_TMP]):
+        msg = (
+            f"The bind {covered[0]} would cover the kernel's private /tmp (its connection file "
+            "is there): bind to another folder, or set share_tmp."
+        )
+        raise ContainerKernelError(msg)
     if settings.share_tmp:
         binds.insert(0, private)
     if workdir:

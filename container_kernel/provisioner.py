@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,10 @@ from .kernel import KernelContainer, command_inside
 from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
+from .slurm import SlurmKernel
+
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 3
 
 
 class KernelStartError(ContainerKernelError, HTTPError):
@@ -72,7 +77,8 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
             kwargs.update(cmd=failing, cwd=cwd)
             return kwargs
-        self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, launch.runtime)
+        where = launch.runtime or f"a Slurm job ({' '.join(self.slurm_args)})"
+        self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, where)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)
         return kwargs
@@ -85,7 +91,12 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             )
             raise ContainerKernelError(msg)
         if self._container is None:
-            self._container = KernelContainer(self, getattr(self.parent, "kernel_name", ""))
+            name = getattr(self.parent, "kernel_name", "")
+            self._container = (
+                SlurmKernel(self, name, self.log)
+                if self.launcher == "slurm"
+                else KernelContainer(self, name)
+            )
         return self._container.prepare(
             command_inside(self._command_inside(kwargs["cmd"])),
             connection_file=self.parent.connection_file,
@@ -120,24 +131,65 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
         """Start the runtime, then wait until the kernel listens or dies: a kernel that dies at
         start fails the start with the runtime's message (before jupyter_client's restarter
         starts, which would otherwise relaunch it in a loop)."""
+        for attempt in range(PORT_ATTEMPTS):
+            info, message = await self._launch_once(cmd, dict(kwargs))
+            if message is None:
+                return info
+            if PORT_TAKEN not in message or attempt + 1 == PORT_ATTEMPTS or self._restarting:
+                break
+            # jupyter_client picks ports here and the kernel binds them later: meanwhile another
+            # process (a client's outgoing connection) may take one (jupyter_client#487).
+            self.log.warning("container-kernel: %s; starting again on new ports", message)
+            self._new_ports()
+        if self._restarting and self._has_restarter():  # it counts deaths, gives up at a limit
+            self.log.error("container-kernel: %s", message)
+            return info
+        await self._give_up(first_start=not self._restarting)
+        raise KernelStartError(message)
+
+    async def _launch_once(self, cmd: list[str], kwargs: dict[str, Any]):
+        """(connection info, None) once the kernel listens; (info, the cause) if it died."""
         capture = kwargs.get("stderr") is None
         if capture:
             kwargs["stderr"] = subprocess.PIPE
         kwargs["preexec_fn"] = processes.die_with_parent_setup()  # a SIGKILLed server, too
+        remote = isinstance(self._container, SlurmKernel)
+        if remote:  # the node's request goes on stdin, its answer comes on stdout
+            kwargs.update(stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         connection_info = await super().launch_kernel(cmd, **kwargs)
         self.cwd = self._kernel_cwd
         if capture:
             self._tee_stderr()
+        if remote:
+            connection_info = await self._connect_remote(connection_info)
         status = await self._wait_for_listening()
         if status is None:
             self._restarting = False
-            return connection_info
-        message = await self._startup_failure(status)
-        if self._restarting and self._has_restarter():  # it counts deaths, gives up at a limit
-            self.log.error("container-kernel: %s", message)
-            return connection_info
-        await self._give_up(first_start=not self._restarting)
-        raise KernelStartError(message)
+            return connection_info, None
+        return connection_info, await self._startup_failure(status)
+
+    def _new_ports(self) -> None:
+        """Fresh ports for the same kernel: a new connection file, copied again."""
+        km = self.parent
+        km.cleanup_connection_file()
+        for port in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+            setattr(km, port, 0)
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        shutil.copyfile(km.connection_file, self._container.connection_copy)
+
+    async def _connect_remote(self, connection_info: dict) -> dict:
+        """The node's address and the ports its kernel bound (None: srun died, see stderr)."""
+        try:
+            ready = await self._container.connect(self.process)
+        except ContainerKernelError as err:
+            await self._give_up(first_start=not self._restarting)
+            raise KernelStartError(str(err)) from None
+        if ready is not None:
+            ports = {k: v for k, v in ready.items() if k.endswith("_port")}
+            connection_info.update(ip=ready["ip"], **ports)
+            self.connection_info = connection_info
+        return connection_info
 
     def _tee_stderr(self) -> None:
         # The reader owns the pipe: LocalProvisioner.wait() must not close it under the thread.

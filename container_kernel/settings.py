@@ -12,7 +12,17 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, CaselessStrEnum, Dict, List, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import LoggingConfigurable
 
 from .errors import ContainerKernelError
@@ -20,6 +30,7 @@ from .runtimes.base import parse_bind
 
 HOME_MODES = ("persistent", "temporary", "none")
 RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
+LAUNCHERS = ("local", "slurm")
 
 
 class ContainerSettings(LoggingConfigurable):
@@ -100,6 +111,25 @@ class ContainerSettings(LoggingConfigurable):
         kernel sees another's files.""",
     )
 
+    launcher = CaselessStrEnum(
+        LAUNCHERS,
+        default_value="local",
+        config=True,
+        help="""Where the container runs: 'local' (on this machine) or 'slurm' (a Slurm job on a
+        compute node, started with srun and the options in slurm_args).""",
+    )
+    slurm_args = List(
+        Unicode(),
+        config=True,
+        help="""srun options for a kernel or cell run as a Slurm job, e.g. ['--partition=gpu',
+        '--time=02:00:00', '--cpus-per-task=8', '--mem=32G', '--gres=gpu:1'].""",
+    )
+    slurm_start_timeout = Float(
+        300.0,
+        config=True,
+        help="""Seconds a Slurm job may wait in the queue before the start fails (the job is
+        cancelled and the message names Slurm's reason).""",
+    )
     locked = List(
         Unicode(),
         config=True,
@@ -227,6 +257,12 @@ ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
     (("--share-tmp",), "share_tmp", {"action": argparse.BooleanOptionalAction, "help": (
         "Share the host's /tmp with the container; by default it gets a private /tmp of its "
         "own.")}),
+    (("--launcher",), "launcher", {"choices": LAUNCHERS, "help": (
+        "Where the container runs: local, or slurm (a job on a compute node, via srun).")}),
+    (("--slurm-arg",), "slurm_args", {"action": "append", "metavar": "ARG", "help": (
+        "An srun option for the Slurm job (repeatable; --slurm-arg=--partition=gpu).")}),
+    (("--slurm-start-timeout",), "slurm_start_timeout", {"type": float, "metavar": "SECONDS",
+        "help": "Seconds a Slurm job may wait in the queue before the start fails."}),
     (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
         "An extra argument for the runtime's exec, before the image (repeatable; "
         "--runtime-arg=--rocm).")}),

@@ -6,73 +6,114 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
 from container_kernel import cli
+from container_kernel.kernelspec import logo_files
 from container_kernel.settings import ARGUMENTS, settings_from_arguments
 
+GIVEN = ("runtime", "runtime_path", "binds", "env", "pass_env", "home", "home_root", "cleanenv",
+         "gpu", "share_tmp", "runtime_args")  # fmt: skip
 RUNTIME_ARG = {"apptainer": "--env=EXTRA=1", "charliecloud": "--set-env=EXTRA=1"}
+LAUNCHER = [
+    sys.executable, "-m", "container_kernel.launcher", "--spec-dir", "{resource_dir}",
+    "--connection-file", "{connection_file}", "--",
+]  # fmt: skip
 
 
-def container_kernel(*args: str) -> subprocess.CompletedProcess:
+def container_kernel(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "container_kernel.cli", *args],
+        [python, "-m", "container_kernel.cli", *args],
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
+
+
+def jupyter_folders(tmp_path: Path, monkeypatch) -> Path:
+    """User, system (XDG_DATA_DIRS, under JUPYTER_PLATFORM_DIRS) and config folders of our own."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "path"))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "system"))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return tmp_path
 
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch, runtime):
-    """User and system kernel folders of our own; `runtime` puts the runtime under test on PATH."""
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "path"))
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    return tmp_path
+    """Jupyter folders of our own; `runtime` puts the runtime under test on PATH."""
+    return jupyter_folders(tmp_path, monkeypatch)
+
+
+def installed(folder: Path) -> dict:
+    return json.loads((folder / "kernel.json").read_text())
 
 
 def test_install_list_check_remove(isolated, image, runtime):
     out = container_kernel(
         "install", str(image), "--runtime", runtime, "--name", "stack",
-        "--display-name", "My stack", "-B", "/tmp", "--env", "A=$(x),y", "--pass-env", "OMP_*",
+        "--display-name", "My stack", "-B", "/srv", "--env", "A=$(x),y", "--pass-env", "OMP_*",
         "--home", "temporary", f"--runtime-arg={RUNTIME_ARG[runtime]}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "checking" in out.stdout
     assert "/usr/bin/python3 3.11" in out.stdout
-    spec = json.loads((isolated / "user" / "kernels" / "stack" / "kernel.json").read_text())
+    folder = isolated / "user" / "kernels" / "stack"
+    spec = installed(folder)
     assert spec["display_name"] == "My stack"
-    # the launcher by an absolute path (never PATH), then the kernel's argv inside
+    # the launcher by an absolute path (never PATH), then the kernel's argv inside: the image's
+    # Python is 3.11, so frozen modules go off, as ipykernel's own spec does
     assert spec["argv"] == [
-        sys.executable, "-m", "container_kernel.launcher", "--spec-dir", "{resource_dir}",
-        "--connection-file", "{connection_file}",
-        "--", "python3", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        *LAUNCHER, "python3", "-Xfrozen_modules=off", "-m", "ipykernel_launcher",
+        "-f", "{connection_file}",
     ]  # fmt: skip
     assert spec["metadata"]["kernel_provisioner"] == {
         "provisioner_name": "container-provisioner",
         "config": {
             "image": str(image),
             "runtime": runtime,
-            "binds": ["/tmp"],
+            "binds": ["/srv"],
             "env": {"A": "$(x),y"},
             "pass_env": ["OMP_*"],
             "home": "temporary",
             "runtime_args": [RUNTIME_ARG[runtime]],
         },
     }
-    listing = container_kernel("list")
-    assert listing.stdout.split()[:2] == ["stack", str(image)]
+    assert spec["metadata"]["container_kernel"]["probe"]["python"].startswith("3.11")
+    # the Python logos of ipykernel's own spec, for JupyterLab's Launcher
+    assert set(logo_files()) == {"logo-32x32.png", "logo-64x64.png", "logo-svg.svg"}
+    for name, data in logo_files().items():
+        assert (folder / name).read_bytes() == data
+
+    again = container_kernel("install", str(image), "--runtime", runtime, "--name", "stack",
+                             "--display-name", "My stack", "-B", "/srv", "--env", "A=$(x),y",
+                             "--pass-env", "OMP_*", "--home", "temporary",
+                             f"--runtime-arg={RUNTIME_ARG[runtime]}")  # fmt: skip
+    assert "installed already, unchanged" in again.stdout
+
+    listing = container_kernel("list").stdout.splitlines()
+    assert listing[0].split() == ["NAME", "DISPLAY", "NAME", "RUNTIME", "IMAGE"]
+    assert listing[1].split() == ["stack", "My", "stack", runtime, str(image)]
     listed = json.loads(container_kernel("list", "--json").stdout)
     assert list(listed) == ["stack"]
+    assert listed["stack"]["image_exists"] is True
+    assert listed["stack"]["runtime"] == runtime
+    assert listed["stack"]["resource_dir"] == str(folder)
+
     check = container_kernel("check", "stack")
-    assert check.returncode == 0, check.stderr
-    assert check.stdout.startswith("stack: /usr/bin/python3 3.11")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert all(line.startswith("ok   ") for line in check.stdout.splitlines())
+    assert "ok   kernel: started, kernel_info reply in" in check.stdout
+
     removed = container_kernel("remove", "stack")
     assert removed.returncode == 0
-    assert not (isolated / "user" / "kernels" / "stack").exists()
+    assert removed.stdout.strip() == f"Removed {folder}"  # a temporary home: nothing kept
+    assert not folder.exists()
 
 
 def test_install_with_prefix_and_default_name(isolated, image, runtime):
@@ -80,8 +121,82 @@ def test_install_with_prefix_and_default_name(isolated, image, runtime):
         "install", str(image), "--runtime", runtime, "--prefix", str(isolated / "p"), "--no-check"
     )
     assert out.returncode == 0, out.stderr
-    assert (isolated / "p/share/jupyter/kernels/bookworm-ipykernel/kernel.json").exists()
+    spec = installed(isolated / "p/share/jupyter/kernels/bookworm-ipykernel")
     assert "checking" not in out.stdout
+    # not probed: nothing known of its Python, so no -X flag and no debugger claimed
+    assert spec["argv"] == [*LAUNCHER, "python3", "-m", "ipykernel_launcher", "-f",
+                            "{connection_file}"]  # fmt: skip
+    assert spec["metadata"]["debugger"] is False
+    assert "container_kernel" not in spec["metadata"]
+
+
+@pytest.mark.parametrize("where", ["--user", "--system", None])
+def test_install_destinations(tmp_path, monkeypatch, where):
+    jupyter_folders(tmp_path, monkeypatch)
+    args = ["install", "/images/a.sif", "--no-check", "--python", "/opt/py/bin/python3"]
+    out = container_kernel(*args, *([where] if where else []))
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / ("system/jupyter" if where == "--system" else "user")
+    spec = installed(root / "kernels" / "a")
+    assert spec["argv"][len(LAUNCHER)] == "/opt/py/bin/python3"
+    assert container_kernel("install", "/images/a.sif", "--system", "--user").returncode == 2
+
+
+def test_install_sys_prefix_goes_in_that_environment(tmp_path, monkeypatch):
+    """A throwaway environment that sees ours: --sys-prefix writes into it, not into .venv."""
+    jupyter_folders(tmp_path, monkeypatch)
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", env], check=True)
+    ours = sysconfig.get_paths()["purelib"]
+    purelib = subprocess.run(
+        [env / "bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(purelib, "ours.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    out = container_kernel("install", "/images/b.sif", "--no-check", "--sys-prefix",
+                           python=str(env / "bin/python"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (env / "share/jupyter/kernels/b/kernel.json").exists()
+
+
+def test_install_no_check_accepts_a_missing_image_with_a_warning(tmp_path, monkeypatch):
+    jupyter_folders(tmp_path, monkeypatch)
+    out = container_kernel("install", "/images/future.sif", "--no-check")
+    assert out.returncode == 0
+    assert out.stderr.strip().splitlines() == [
+        "container-kernel install: warning: /images/future.sif does not exist (yet); its kernel "
+        "will not start until it does."
+    ]
+    listing = container_kernel("list").stdout.splitlines()
+    assert listing[1].split()[-2:] == ["/images/future.sif", "missing"]
+    assert json.loads(container_kernel("list", "--json").stdout)["future"]["image_exists"] is False
+
+
+def test_remove_says_where_the_fake_home_stays(isolated, image, runtime):
+    assert container_kernel("install", str(image), "--name", "kept").returncode == 0
+    assert container_kernel("check", "kept").returncode == 0  # a kernel start makes its home
+    home = isolated / "user" / "container-kernel" / "homes" / "kept"
+    assert home.is_dir()
+    out = container_kernel("uninstall", "kept")  # jupyter kernelspec's alias
+    assert out.returncode == 0, out.stderr
+    folder = isolated / "user" / "kernels" / "kept"
+    assert out.stdout.strip() == f"Removed {folder}; its fake home is kept: {home}"
+    assert home.is_dir()
+
+
+def test_site_settings_are_not_baked_into_specs(isolated, image, runtime):
+    """A site's c.ContainerSettings reach the image check, never the kernel.json."""
+    config = isolated / "config"
+    config.mkdir()
+    site = {"ContainerSettings": {"env": {"SITE": "1"}, "binds": [str(isolated / "scratch")]}}
+    (config / "jupyter_config.json").write_text(json.dumps(site))
+    out = container_kernel("install", str(image), "--name", "s")
+    assert out.returncode == 1  # the site's bind source is missing: its check says so
+    assert "Bind source does not exist" in out.stderr
+    (isolated / "scratch").mkdir()
+    assert container_kernel("install", str(image), "--name", "s").returncode == 0
+    config_written = installed(isolated / "user" / "kernels" / "s")["metadata"]
+    assert config_written["kernel_provisioner"]["config"] == {"image": str(image)}
 
 
 @pytest.mark.parametrize(
@@ -93,10 +208,12 @@ def test_install_with_prefix_and_default_name(isolated, image, runtime):
         (["install", "IMAGE", "--home", "somewhere"], "home must be one of"),
         (["check", "nope"], "No container kernel spec named 'nope'"),
         (["remove", "nope"], "Not a container kernel spec: nope"),
+        (["sync", "/nonexistent-images"], "No image folder /nonexistent-images"),
+        (["sync", "IMAGE/..", "--home", "somewhere"], "home must be one of"),
     ],
 )
 def test_bad_input_gets_one_line(isolated, image, args, message):
-    out = container_kernel(*[str(image) if a == "IMAGE" else a for a in args])
+    out = container_kernel(*[a.replace("IMAGE", str(image)) for a in args])
     assert out.returncode == 1
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -107,27 +224,45 @@ def test_image_without_python_is_refused_at_install(isolated, tmp_path, runtime)
     (empty_image / "tmp").mkdir(parents=True)
     out = container_kernel("install", str(empty_image), "--runtime", runtime)
     assert out.returncode == 1
-    assert "python3 with ipykernel does not run in" in out.stderr
+    assert "python3 does not run in" in out.stderr
     assert not (isolated / "user" / "kernels").exists()
 
 
 def test_every_settings_flag_reaches_a_setting():
-    args = cli.build_parser().parse_args(
-        ["install", "img", "--runtime", "apptainer", "--runtime-path", "/x", "-B", "/a",
-         "--env", "K=V", "--pass-env", "P*", "--home", "none", "--home-root", "/h",
-         "--no-cleanenv", "--gpu", "--share-tmp", "--runtime-arg=--rocm"]
-    )  # fmt: skip
-    values = settings_from_arguments(args)
-    assert set(values) == {trait for _, trait, _ in ARGUMENTS}
-    assert values["env"] == {"K": "V"}
-    assert values["cleanenv"] is False
-    assert values["share_tmp"] is True
+    for command in ("install", "sync", "check"):
+        args = cli.build_parser().parse_args(
+            [command, "img", "--runtime", "apptainer", "--runtime-path", "/x", "-B", "/a",
+             "--env", "K=V", "--pass-env", "P*", "--home", "none", "--home-root", "/h",
+             "--no-cleanenv", "--gpu", "--share-tmp", "--runtime-arg=--rocm"]
+        )  # fmt: skip
+        values = settings_from_arguments(args)
+        assert set(values) == set(GIVEN)
+        assert values["env"] == {"K": "V"}
+        assert values["cleanenv"] is False
+        assert values["share_tmp"] is True
 
 
-def test_help_lists_the_settings():
-    out = container_kernel("install", "--help")
-    for flag in ("--bind", "--pass-env", "--home", "--no-cleanenv", "--gpu", "--sys-prefix"):
-        assert flag in out.stdout
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ([], ["install", "sync", "list", "check", "remove", "examples:"]),
+        (["install"], ["--bind", "--pass-env", "--home", "--no-cleanenv", "--gpu", "--sys-prefix",
+                       "--system", "--user", "--prefix", "--no-check", "--python", "--name",
+                       "--display-name", "Install to the per-user kernel registry"]),
+        (["sync"], ["DIR", "--dry-run", "--check", "--system", "--sys-prefix", "--bind", "cron"]),
+        (["list"], ["--json", "machine-readable"]),
+        (["check"], ["NAME|IMAGE", "--python", "--bind", "FAIL"]),
+        (["remove"], ["NAME", "fake homes"]),
+    ],
+)  # fmt: skip
+def test_help_reads_like_jupyter_kernelspec(command, flags):
+    out = container_kernel(*command, "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for flag in flags:
+        assert flag in text
+    if command and command[0] in ("install", "sync", "check"):  # every setting, as a flag
+        assert all(names[-1] in text for names, _, _ in ARGUMENTS)
 
 
 def test_console_script_is_installed():

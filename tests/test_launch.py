@@ -109,3 +109,16 @@ def test_check_image():
         check_image("")
     with pytest.raises(ContainerKernelError, match="Image not found"):
         check_image("/no/such.sif")
+
+
+def test_a_bind_over_the_private_tmp_is_refused(tmp_path):
+    image = tmp_path / "image"
+    image.mkdir()
+    (tmp_path / "sessions").mkdir()
+    session = Session.create(tmp_path / "sessions")
+    settings = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/tmp"])
+    with pytest.raises(ContainerKernelError, match=r"would cover the kernel's private /tmp"):
+        build_request(settings, ["x"], cwd="/", home=None, host_env={}, session=session)
+    shared = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/tmp"], share_tmp=True)
+    request = build_request(shared, ["x"], cwd="/", home=None, host_env={}, session=session)
+    assert Bind(str(tmp_path), "/tmp") in request.binds

@@ -79,7 +79,7 @@ def test_a_site_can_lock_settings(site):
 
 @pytest.mark.parametrize(
     ("key", "hint"),
-    [("bind", "did you mean `binds`?"), ("launcher", "known: binds, cleanenv")],
+    [("bind", "did you mean `binds`?"), ("mounts", "known: binds, cleanenv")],
 )
 def test_an_unknown_setting_is_refused_naming_the_closest(key, hint):
     with pytest.raises(ContainerKernelError, match=f"^Unknown container-kernel setting `{key}`"):

@@ -1,0 +1,129 @@
+"""The kernel's side of a Slurm job: `python -m container_kernel.node`, run by srun on the node.
+
+The server (slurm.py) writes one JSON line on its stdin: the settings, the kernel's argv and its
+connection info with the key (never in argv or the environment, where `ps`, `scontrol` and job
+records would show it), ports 0 and ip 0.0.0.0. This agent starts the container through the same
+KernelContainer as a local kernel (clean environment, fake home, private /tmp, the session mark),
+so the ports are chosen here, where the kernel binds them, and answers on stdout with one JSON
+line: the ports the kernel wrote back and this node's address on the route to the server. Then it
+takes signals from its stdin ({"signal": N}), routed as locally: an interrupt reaches the kernel
+and what it runs exactly once (slurmstepd would signal every process of the step, and
+Apptainer's starter would forward a second one). When its stdin closes (the server is gone, even
+SIGKILLed) or the kernel exits, it ends the kernel's session and exits, and so does the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import processes
+from .kernel import KernelContainer
+from .sessions import sessions_root
+from .settings import ContainerSettings
+
+PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.readline())
+    settings = ContainerSettings(**{**request["settings"], "launcher": "local"})
+    container = KernelContainer(settings, request["kernel_name"])
+    process = None
+    try:
+        launch, copy = _prepare(container, request)
+        process = subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,  # our stdout carries the answer alone
+            start_new_session=True,
+            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
+        )
+        ports = _ports_written_back(copy, process)
+        if ports is None:
+            return _finish(container, process)
+        answer = {"ip": _address_facing_the_server(), "job": os.environ.get("SLURM_JOB_ID")}
+        print(json.dumps({"ready": {**answer, **ports}}), flush=True)
+        threading.Thread(target=_take_signals, args=(container, process), daemon=True).start()
+        return _finish(container, process)
+    except Exception as err:  # the one line the server shows as the start's failure
+        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+        return 1
+    finally:
+        if process is not None and process.poll() is None:
+            processes.kill_group(process.pid)
+        container.end()
+
+
+def _prepare(container: KernelContainer, request: dict):
+    """The container's launch, its connection file written for ports chosen here."""
+    info = {**request["connection"], "ip": "0.0.0.0", **dict.fromkeys(PORTS, 0)}
+    folder = sessions_root()
+    staged = folder / f"node-{os.getpid()}-{request['kernel_name']}.json"
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(info, handle)
+    try:
+        launch = container.prepare(
+            request["command"],
+            connection_file=str(staged),
+            cwd=request["cwd"] if os.path.isdir(request["cwd"]) else "/",
+            host_env={**os.environ, **request["named_values"]},
+            named_env=list(request["named_values"]),
+        )
+    finally:
+        staged.unlink()
+    return launch, container.connection_copy
+
+
+def _ports_written_back(copy: Path, process: subprocess.Popen) -> dict | None:
+    """The ports ipykernel bound and wrote back into its connection file; None if it died."""
+    while process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(copy.read_text())
+            if all(info.get(port) for port in PORTS):
+                return {port: info[port] for port in PORTS}
+        time.sleep(0.02)
+    return None
+
+
+def _address_facing_the_server() -> str:
+    """This node's address on the route to the node srun was started from (no DNS needed)."""
+    server = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((server, 9))  # no packet is sent: only the route is looked up
+        return probe.getsockname()[0]
+
+
+def _take_signals(container: KernelContainer, process: subprocess.Popen) -> None:
+    """Signals from the server, routed as for a local kernel; end of input: end everything."""
+    for line in sys.stdin:
+        signum = json.loads(line).get("signal")
+        if signum and not container.send_signal(process.pid, process.pid, signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+    processes.kill_group(process.pid)  # the server is gone: the kernel goes too
+    if container.session is not None:
+        container.session.kill_processes()
+
+
+def _finish(container: KernelContainer, process: subprocess.Popen) -> int:
+    processes.wait_unreaped(process.pid)
+    container.runtime_exited(process.pid)
+    status = process.wait()
+    return 128 - status if status < 0 else status
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts come as messages
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""A kernel as a Slurm job: the server's side of `launcher = "slurm"`.
+
+The placement is a layer under the container: `srun [slurm_args] PYTHON -m container_kernel.node`
+runs the same launch code on the compute node (node.py), which plans the runtime's argv there
+(the runtime, the session and its private /tmp are the node's). The kernel's connection info,
+key included, goes to the node on srun's stdin, never in argv or the environment; the node
+answers with the ports the kernel bound there and its address. Signals go as messages on stdin
+(an interrupt reaches the kernel once); closing stdin, or srun's death, ends the job. Each start
+is a new job (`--job-name container-kernel-<id>`): a restart queues again, but no allocation
+outlives its kernel, and `scancel --name` finds every job of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .environment import container_environment
+from .errors import ContainerKernelError
+from .launch import Launch, check_image
+from .settings import ContainerSettings
+
+# The srun process's environment: enough to find Python and the runtime on the node, nothing
+# more (the server's own, JUPYTERHUB_API_TOKEN included, would go into the job's record).
+KEPT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF")
+POLL = 2.0  # seconds between looks at a waiting job
+
+
+class SlurmKernel:
+    """One kernel's Slurm jobs (one per start), driven from the server."""
+
+    forwards_signals = True
+    session = None
+    temporary_home = None
+
+    def __init__(self, settings: ContainerSettings, kernel_name: str, log) -> None:
+        self.settings = settings
+        self.kernel_name = kernel_name or "default"
+        self.log = log
+        self.job_name = ""
+        self.request: dict[str, Any] = {}
+        self.process: subprocess.Popen | None = None
+
+    def prepare(
+        self,
+        command: Sequence[str],
+        *,
+        connection_file: str,
+        cwd: str,
+        host_env: Mapping[str, str],
+        named_env: Sequence[str] = (),
+    ) -> Launch:
+        """srun's argv and environment; the request for the node, sent once srun runs."""
+        check_image(self.settings.image)  # a shared file system: the node sees the same path
+        with open(connection_file) as handle:
+            connection = json.load(handle)
+        if connection.get("transport", "tcp") != "tcp":
+            msg = "A kernel on a compute node needs the tcp transport."
+            raise ContainerKernelError(msg)
+        self.cancel()  # a restart: the last start's job, if it is still there
+        self.job_name = f"container-kernel-{uuid.uuid4().hex[:12]}"
+        values = container_environment(host_env, named=named_env, patterns=self.settings.pass_env)
+        settings = {
+            name: getattr(self.settings, name)
+            for name in ContainerSettings.class_traits(config=True)
+            if name not in ("launcher", "locked")
+        }
+        self.request = {
+            "settings": settings,
+            "kernel_name": self.kernel_name,
+            "command": list(command),
+            "connection": connection,
+            "cwd": cwd,
+            "named_values": {k: v for k, v in values.items() if k in set(named_env)},
+        }
+        argv = [
+            "srun", "--job-name", self.job_name, "--nodes=1", "--ntasks=1",
+            "--kill-on-bad-exit=1", *self.settings.slurm_args,
+            sys.executable, "-m", "container_kernel.node",
+        ]  # fmt: skip
+        env = {k: v for k, v in host_env.items() if k in KEPT or k.startswith("JUPYTER_")}
+        env.update({k: v for k, v in values.items() if k not in env and not k.startswith("JPY_")})
+        return Launch(argv, env, cwd, None)
+
+    async def connect(self, process: subprocess.Popen) -> dict[str, Any] | None:
+        """Send the request, wait for the node's answer while the job queues; the connection
+        info to use (node address, its ports), or None if srun exited (its stderr says why)."""
+        self.process = process
+        process.stdin.write(json.dumps(self.request).encode() + b"\n")
+        process.stdin.flush()
+        answer = asyncio.ensure_future(asyncio.to_thread(process.stdout.readline))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.slurm_start_timeout
+        state = ("", "")
+        while True:
+            done, _ = await asyncio.wait({answer}, timeout=POLL)
+            if done:
+                break
+            state = await asyncio.to_thread(self.job_state)
+            if state[0] == "PENDING":
+                self.log.info("container-kernel: Slurm job %s waiting: %s", self.job_name, state)
+                if loop.time() > deadline:
+                    await asyncio.to_thread(self.cancel)
+                    msg = (
+                        f"Slurm kept the job waiting ({state[1]}) for more than "
+                        f"{self.settings.slurm_start_timeout:.0f} s: cancelled. Ask for fewer "
+                        "resources (slurm_args) or raise slurm_start_timeout."
+                    )
+                    raise ContainerKernelError(msg)
+        line = answer.result()
+        if not line:
+            return None
+        reply = json.loads(line)
+        if "error" in reply:
+            msg = f"On the compute node: {reply['error']}"
+            raise ContainerKernelError(msg)
+        ready = reply["ready"]
+        job, node = ready.get("job"), ready["ip"]
+        self.log.info("container-kernel: Slurm job %s (%s) on %s", job, self.job_name, node)
+        return ready
+
+    def job_state(self) -> tuple[str, str]:
+        """(state, reason) of this kernel's job, from squeue; ('', '') once it is gone."""
+        out = subprocess.run(
+            ["squeue", "-h", "--name", self.job_name, "-o", "%T|%r"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        state, _, reason = out.stdout.strip().partition("|")
+        return state, reason
+
+    def cancel(self) -> None:
+        """No job of this kernel's is left (scancel finds them by their unique name)."""
+        if self.job_name:
+            subprocess.run(
+                ["scancel", "--name", self.job_name], capture_output=True, check=False, timeout=30
+            )
+
+    def send_signal(self, runtime_pid: int, pgid: int | None, signum: int) -> bool:
+        """Signals go to the node as messages; SIGKILL to srun alone, whose helper cancels the
+        job (a group kill would leave it running), and to the job by name."""
+        if signum == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runtime_pid, signal.SIGKILL)
+            self.cancel()
+            return True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.process.stdin.write(json.dumps({"signal": int(signum)}).encode() + b"\n")
+            self.process.stdin.flush()
+        return True
+
+    def runtime_exited(self, pgid: int | None) -> None:
+        self.cancel()
+
+    def end(self, failed_start: bool = False) -> None:
+        """Close the node's input (it ends the kernel and exits) and make sure the job is gone."""
+        if self.process is not None and self.process.stdin:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        self.cancel()
