@@ -81,7 +81,9 @@ def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
     covers_home = inside_home is not None and (
         _within(inside_home, cwd) or _within(cwd, inside_home)
     )
-    covers_system = cwd in SYSTEM_DIRS or cwd.startswith(("/proc/", "/sys/", "/dev/"))
+    covers_system = (
+        cwd in SYSTEM_DIRS or cwd in PRIVATE_TMP or cwd.startswith(("/proc/", "/sys/", "/dev/"))
+    )
     return Bind(cwd, NOTEBOOK_MOUNT if covers_home or covers_system else cwd, staging="notebook")
 
 

@@ -67,15 +67,16 @@ def main() -> int:
 
 def _prepare(container: KernelContainer, request: dict):
     """The container's launch, its connection file written for ports chosen here."""
-    info = {**request["connection"], "ip": "0.0.0.0", **dict.fromkeys(PORTS, 0)}
+    info = {**dict.fromkeys(PORTS, 0), **request["connection"], "ip": "0.0.0.0"}
     folder = sessions_root()
     staged = folder / f"node-{os.getpid()}-{request['kernel_name']}.json"
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(info, handle)
+    command = [arg.replace(request["connection_file"], str(staged)) for arg in request["command"]]
     try:
         launch = container.prepare(
-            request["command"],
+            command,
             connection_file=str(staged),
             cwd=request["cwd"] if os.path.isdir(request["cwd"]) else "/",
             host_env={**os.environ, **request["named_values"]},

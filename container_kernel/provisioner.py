@@ -63,6 +63,8 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
+        if isinstance(self._container, SlurmKernel):  # a restart: the last node's address is
+            self.parent.ip = self._container.server_ip  # not ours (LocalProvisioner checks)
         kwargs = await super().pre_launch(**kwargs)
         cwd = self._kernel_cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         try:
@@ -189,6 +191,7 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             ports = {k: v for k, v in ready.items() if k.endswith("_port")}
             connection_info.update(ip=ready["ip"], **ports)
             self.connection_info = connection_info
+            self.parent.ip = ready["ip"]  # as jupyter_client reconciles it with the file
         return connection_info
 
     def _tee_stderr(self) -> None:
@@ -268,6 +271,9 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     async def _give_up(self, first_start: bool) -> None:
         """A start that failed: nothing of it stays (an empty fake home it made, too)."""
         await self._end(failed_start=first_start)
+        if self.process is not None and self.process.poll() is None:  # srun of a job given up
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
         await self.cleanup(restart=False)
         self._forget_failed_start()
 

@@ -32,6 +32,7 @@ from .settings import ContainerSettings
 # more (the server's own, JUPYTERHUB_API_TOKEN included, would go into the job's record).
 KEPT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF")
 POLL = 2.0  # seconds between looks at a waiting job
+PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
 class SlurmKernel:
@@ -46,6 +47,8 @@ class SlurmKernel:
         self.kernel_name = kernel_name or "default"
         self.log = log
         self.job_name = ""
+        self.server_ip = ""  # the manager's own address, before the node's replaced it
+        self.last_ports: dict[str, int] = {}
         self.request: dict[str, Any] = {}
         self.process: subprocess.Popen | None = None
 
@@ -62,6 +65,11 @@ class SlurmKernel:
         check_image(self.settings.image)  # a shared file system: the node sees the same path
         with open(connection_file) as handle:
             connection = json.load(handle)
+        self.server_ip = self.server_ip or connection.get("ip", "127.0.0.1")
+        # Ports are chosen on the node (0); a restart asks for the same ones again, so that
+        # connected clients (a notebook's channels) find the new kernel where the old one was.
+        ports = {port: self.last_ports.get(port, 0) for port in PORTS}
+        connection = {**connection, **ports}
         if connection.get("transport", "tcp") != "tcp":
             msg = "A kernel on a compute node needs the tcp transport."
             raise ContainerKernelError(msg)
@@ -78,6 +86,7 @@ class SlurmKernel:
             "kernel_name": self.kernel_name,
             "command": list(command),
             "connection": connection,
+            "connection_file": connection_file,  # as the command names it
             "cwd": cwd,
             "named_values": {k: v for k, v in values.items() if k in set(named_env)},
         }
@@ -94,8 +103,11 @@ class SlurmKernel:
         """Send the request, wait for the node's answer while the job queues; the connection
         info to use (node address, its ports), or None if srun exited (its stderr says why)."""
         self.process = process
-        process.stdin.write(json.dumps(self.request).encode() + b"\n")
-        process.stdin.flush()
+        try:
+            process.stdin.write(json.dumps(self.request).encode() + b"\n")
+            process.stdin.flush()
+        except BrokenPipeError:  # srun refused at once (a bad option): its stderr says why
+            return None
         answer = asyncio.ensure_future(asyncio.to_thread(process.stdout.readline))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.slurm_start_timeout
@@ -123,6 +135,7 @@ class SlurmKernel:
             msg = f"On the compute node: {reply['error']}"
             raise ContainerKernelError(msg)
         ready = reply["ready"]
+        self.last_ports = {port: ready[port] for port in PORTS}
         job, node = ready.get("job"), ready["ip"]
         self.log.info("container-kernel: Slurm job %s (%s) on %s", job, self.job_name, node)
         return ready
@@ -161,7 +174,9 @@ class SlurmKernel:
 
     def end(self, failed_start: bool = False) -> None:
         """Close the node's input (it ends the kernel and exits) and make sure the job is gone."""
-        if self.process is not None and self.process.stdin:
-            with contextlib.suppress(OSError):
-                self.process.stdin.close()
+        if self.process is not None:
+            for pipe in (self.process.stdin, self.process.stdout):
+                if pipe:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
         self.cancel()

@@ -69,6 +69,8 @@ def test_secrets_enter_only_when_named_exactly():
         ("/home/me", None, Bind("/home/me", "/home/me", staging="notebook")),
         ("/", "/home/me", None),
         ("/opt", "/home/me", Bind("/opt", NOTEBOOK_MOUNT, staging="notebook")),
+        ("/tmp", "/home/me", Bind("/tmp", NOTEBOOK_MOUNT, staging="notebook")),  # private /tmp
+        ("/tmp/nb", "/home/me", Bind("/tmp/nb", "/tmp/nb", staging="notebook")),
         ("/opt/nb", "/home/me", Bind("/opt/nb", "/opt/nb", staging="notebook")),
     ],
 )
