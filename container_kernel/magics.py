@@ -196,7 +196,11 @@ class ContainerMagics(ContainerSettings, Magics):
             msg = "No image: name one (`%%container IMAGE`) or set `%config ContainerMagics.image`."
             raise UsageError(msg)
         # The configured values as config, the cell's on top: lists add up, locked ones hold.
-        return ContainerSettings(config=Config({"ContainerSettings": values}), **given)
+        settings = ContainerSettings(config=Config({"ContainerSettings": values}), **given)
+        if settings.launcher != "local":
+            msg = "%%container runs cells here: launcher=slurm is for kernels (not cells, yet)."
+            raise UsageError(msg)
+        return settings
 
     def _home(self, settings: ContainerSettings, session: Session) -> Path | None:
         """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one in
