@@ -196,3 +196,20 @@ def test_a_notebook_under_the_home_leaves_no_folders_in_the_fake_home(
     with running_kernel(kernel_spec("ck-sub", home_root=str(homes)), str(notebook)) as (_, kc):
         assert run(kc, "print(open('data.txt').read())").strip() == "here"
     assert [p.name for p in (homes / "ck-sub").iterdir()] == [".ipython"]  # no proj/sub
+
+
+def test_a_failed_first_start_leaves_no_empty_fake_home(kernel_spec, notebook_dir, tmp_path):
+    homes = tmp_path / "homes"
+    name = kernel_spec("ck-broken-home", home_root=str(homes))
+    spec_file = Path(os.environ["JUPYTER_PATH"], "kernels", name, "kernel.json")
+    spec = json.loads(spec_file.read_text())
+    spec["argv"][2] = "no_such_kernel_module"
+    spec_file.write_text(json.dumps(spec))
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(ContainerKernelError, match="No module named no_such_kernel_module"):
+        km.start_kernel(cwd=str(notebook_dir))
+    assert not (homes / name).exists()
+    (homes / name).mkdir(parents=True)  # a home that was there before is kept
+    with pytest.raises(ContainerKernelError, match="No module named no_such_kernel_module"):
+        km.start_kernel(cwd=str(notebook_dir))
+    assert (homes / name).is_dir()
