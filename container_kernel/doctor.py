@@ -62,7 +62,8 @@ def check_spec(name: str, entry: dict[str, Any], report: Report) -> None:
 
 def check_image(image: str, flags: dict[str, Any], interpreter: str, report: Report) -> None:
     """An image not installed as a spec: the same checks, the kernel from a temporary spec."""
-    flags = {"home": "temporary", **flags}  # a trial start leaves no fake home behind
+    if "home" not in ContainerSettings(config=site_config()).locked:
+        flags = {"home": "temporary", **flags}  # a trial start leaves no fake home behind
     try:
         settings = ContainerSettings(config=site_config(), image=image, **flags)
     except (ContainerKernelError, TraitError) as err:

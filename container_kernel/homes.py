@@ -16,8 +16,9 @@ def home_inside() -> str:
 def private_dir(path: Path) -> Path:
     """Create `path` if missing, mode 0700 (a home holds credentials); keep an existing one."""
     if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(0o700)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)  # (never readable by others, not even a moment)
+        path.chmod(0o700)  # whatever the umask
     return path
 
 

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the kernel's argv goes after --")
 
     processes.die_with_parent()  # the client gone (even SIGKILLed): so is the kernel
-    container = None
+    container, status = None, None
     try:
         container, spec = _container(Path(args.spec_dir))
         launch = container.prepare(
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if container is not None:
-            container.end()
+            container.end(failed_start=container.session is not None and status is None)
     if status < 0:  # the kernel died by a signal: so do we, as a shell would report it
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
@@ -83,6 +83,12 @@ def _container(spec_dir: Path) -> tuple[KernelContainer, dict]:
         msg = f"{spec_file} names no {PROVISIONER} in metadata.kernel_provisioner."
         raise ContainerKernelError(msg)
     settings = ContainerSettings(config=site_config(), **provisioner.get("config", {}))
+    if settings.launcher != "local":
+        msg = (
+            f"launcher={settings.launcher} needs the container-provisioner: this client ignores "
+            "it (use JupyterLab, Notebook or nbclient, or a spec with launcher=local)."
+        )
+        raise ContainerKernelError(msg)
     return KernelContainer(settings, spec_dir.name), spec
 
 

@@ -187,7 +187,8 @@ class ContainerMagics(ContainerSettings, Magics):
         values = {name: getattr(self, name) for name in ContainerSettings.class_traits(config=True)}
         given = settings_from_arguments(args)
         # Unbuffered: a Python cell's output streams live (any Python; 3.7 and 3.8 too).
-        given["env"] = {"PYTHONUNBUFFERED": "1", **values["env"], **given.get("env", {})}
+        if "env" not in values["locked"] or given.get("env"):  # (a locked env takes nothing)
+            given["env"] = {"PYTHONUNBUFFERED": "1", **values["env"], **given.get("env", {})}
         if args.image and values["image"] and not _looks_like_image(args.image):
             args.command = [args.image, *args.command]  # `%%container bash`: bash is the command
             args.image = None

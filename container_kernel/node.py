@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from . import processes
@@ -39,7 +40,8 @@ def main() -> int:
     container = KernelContainer(settings, request["kernel_name"])
     process = None
     try:
-        launch, copy = _prepare(container, request)
+        address = _address_facing_the_server()
+        launch, copy = _prepare(container, request, address)
         process = subprocess.Popen(
             launch.argv,
             env=launch.env,
@@ -52,7 +54,7 @@ def main() -> int:
         ports = _ports_written_back(copy, process)
         if ports is None:
             return _finish(container, process)
-        answer = {"ip": _address_facing_the_server(), "job": os.environ.get("SLURM_JOB_ID")}
+        answer = {"ip": address, "job": os.environ.get("SLURM_JOB_ID")}
         print(json.dumps({"ready": {**answer, **ports}}), flush=True)
         threading.Thread(target=_take_signals, args=(container, process), daemon=True).start()
         return _finish(container, process)
@@ -65,11 +67,12 @@ def main() -> int:
         container.end()
 
 
-def _prepare(container: KernelContainer, request: dict):
-    """The container's launch, its connection file written for ports chosen here."""
-    info = {**dict.fromkeys(PORTS, 0), **request["connection"], "ip": "0.0.0.0"}
+def _prepare(container: KernelContainer, request: dict, address: str):
+    """The container's launch, its connection file written for ports chosen here, on the
+    address the server reaches (not 0.0.0.0: every host of the cluster network would)."""
+    info = {**dict.fromkeys(PORTS, 0), **request["connection"], "ip": address}
     folder = sessions_root()
-    staged = folder / f"node-{os.getpid()}-{request['kernel_name']}.json"
+    staged = folder / f"node-{uuid.uuid4().hex}.json"  # the folder may be shared by hosts
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(info, handle)
@@ -100,7 +103,10 @@ def _ports_written_back(copy: Path, process: subprocess.Popen) -> dict | None:
 
 def _address_facing_the_server() -> str:
     """This node's address on the route to the node srun was started from (no DNS needed)."""
-    server = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1")
+    server = os.environ.get("SLURM_LAUNCH_NODE_IPADDR")
+    if not server:
+        msg = "SLURM_LAUNCH_NODE_IPADDR is not set: run this under srun."
+        raise RuntimeError(msg)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((server, 9))  # no packet is sent: only the route is looked up
         return probe.getsockname()[0]

@@ -137,7 +137,9 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             info, message = await self._launch_once(cmd, dict(kwargs))
             if message is None:
                 return info
-            if PORT_TAKEN not in message or attempt + 1 == PORT_ATTEMPTS or self._restarting:
+            local = isinstance(self._container, KernelContainer)  # (a node picks its own ports)
+            retry = local and PORT_TAKEN in message and not self._restarting
+            if not retry or attempt + 1 == PORT_ATTEMPTS:
                 break
             # jupyter_client picks ports here and the kernel binds them later: meanwhile another
             # process (a client's outgoing connection) may take one (jupyter_client#487).
@@ -271,9 +273,13 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
     async def _give_up(self, first_start: bool) -> None:
         """A start that failed: nothing of it stays (an empty fake home it made, too)."""
         await self._end(failed_start=first_start)
-        if self.process is not None and self.process.poll() is None:  # srun of a job given up
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        if self.process is not None:
+            if self.process.poll() is None:  # srun of a job given up
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
+            for pipe in (self.process.stdin, self.process.stdout):
+                if pipe:
+                    pipe.close()
         await self.cleanup(restart=False)
         self._forget_failed_start()
 

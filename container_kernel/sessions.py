@@ -6,7 +6,8 @@ ever sees, and every process it starts inside carries `CONTAINER_KERNEL_SESSION=
 its environment, new sessions (`setsid`) and daemons included. Ending a session kills every
 process of ours that carries the mark and removes the folder. The folder's name starts with its
 owner's pid and start time: a session whose owner died (a SIGKILLed server, a killed notebook
-kernel) is ended by the next one that starts (`sweep`).
+kernel) is ended by the next one that starts on the same host (`sweep`: the root may be on a
+file system that other hosts share, where a pid means nothing; the name ends with `@<host>`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ class Session:
     def create(cls, root: Path | None = None) -> Session:
         """A new session owned by this process (its folder 0700, with `tmp` and `var_tmp`)."""
         root = root or sessions_root()
-        name = f"{os.getpid()}-{_start_time(os.getpid())}-{secrets.token_hex(6)}"
+        name = f"{os.getpid()}-{_start_time(os.getpid())}-{secrets.token_hex(6)}@{_host()}"
         folder = root / name
         folder.mkdir(mode=0o700)
         for sub in ("tmp", "var_tmp"):
@@ -90,10 +92,15 @@ def sweep(root: Path | None = None) -> None:
     root = root or sessions_root()
     with contextlib.suppress(OSError):
         for folder in root.iterdir():
-            owner, _, rest = folder.name.partition("-")
+            name, _, host = folder.name.partition("@")
+            owner, _, rest = name.partition("-")
             start, _, _ = rest.partition("-")
-            if owner.isdigit() and not _alive(int(owner), start):
+            if host == _host() and owner.isdigit() and not _alive(int(owner), start):
                 Session(folder).end()
+
+
+def _host() -> str:
+    return socket.gethostname()
 
 
 def _alive(pid: int, start_time: str) -> bool:

@@ -29,8 +29,13 @@ from .launch import Launch, check_image
 from .settings import ContainerSettings
 
 # The srun process's environment: enough to find Python and the runtime on the node, nothing
-# more (the server's own, JUPYTERHUB_API_TOKEN included, would go into the job's record).
-KEPT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF")
+# more. The server's own (JUPYTERHUB_API_TOKEN, JUPYTER_TOKEN) would go into the job's record,
+# and a server that runs in a Slurm job itself would make srun a step of that job (SLURM_JOB_ID).
+KEPT = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF", "LD_LIBRARY_PATH",
+    "PYTHONPATH", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_PATH",
+    "JUPYTER_PLATFORM_DIRS", "XDG_RUNTIME_DIR",
+)  # fmt: skip
 POLL = 2.0  # seconds between looks at a waiting job
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -75,7 +80,7 @@ class SlurmKernel:
             raise ContainerKernelError(msg)
         self.cancel()  # a restart: the last start's job, if it is still there
         self.job_name = f"container-kernel-{uuid.uuid4().hex[:12]}"
-        values = container_environment(host_env, named=named_env, patterns=self.settings.pass_env)
+        values = container_environment(host_env, named=named_env)
         settings = {
             name: getattr(self.settings, name)
             for name in ContainerSettings.class_traits(config=True)
@@ -88,15 +93,14 @@ class SlurmKernel:
             "connection": connection,
             "connection_file": connection_file,  # as the command names it
             "cwd": cwd,
-            "named_values": {k: v for k, v in values.items() if k in set(named_env)},
+            "named_values": {k: values[k] for k in named_env if k in values},
         }
         argv = [
             "srun", "--job-name", self.job_name, "--nodes=1", "--ntasks=1",
             "--kill-on-bad-exit=1", *self.settings.slurm_args,
             sys.executable, "-m", "container_kernel.node",
         ]  # fmt: skip
-        env = {k: v for k, v in host_env.items() if k in KEPT or k.startswith("JUPYTER_")}
-        env.update({k: v for k, v in values.items() if k not in env and not k.startswith("JPY_")})
+        env = {k: v for k, v in host_env.items() if k in KEPT}
         return Launch(argv, env, cwd, None)
 
     async def connect(self, process: subprocess.Popen) -> dict[str, Any] | None:
@@ -111,26 +115,34 @@ class SlurmKernel:
         answer = asyncio.ensure_future(asyncio.to_thread(process.stdout.readline))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.slurm_start_timeout
-        state = ("", "")
-        while True:
-            done, _ = await asyncio.wait({answer}, timeout=POLL)
-            if done:
-                break
-            state = await asyncio.to_thread(self.job_state)
-            if state[0] == "PENDING":
-                self.log.info("container-kernel: Slurm job %s waiting: %s", self.job_name, state)
+        try:
+            while not (await asyncio.wait({answer}, timeout=POLL))[0]:
+                state, reason = await asyncio.to_thread(self.job_state)
+                self.log.info(
+                    "container-kernel: Slurm job %s: %s (%s)", self.job_name, state, reason
+                )
                 if loop.time() > deadline:
+                    process.kill()
                     await asyncio.to_thread(self.cancel)
+                    waited = (
+                        f"Slurm kept the job waiting ({reason})"
+                        if state == "PENDING"
+                        else f"The Slurm job ({state or 'gone'}) gave no answer"
+                    )
                     msg = (
-                        f"Slurm kept the job waiting ({state[1]}) for more than "
+                        f"{waited} for more than "
                         f"{self.settings.slurm_start_timeout:.0f} s: cancelled. Ask for fewer "
                         "resources (slurm_args) or raise slurm_start_timeout."
                     )
                     raise ContainerKernelError(msg)
-        line = answer.result()
-        if not line:
-            return None
-        reply = json.loads(line)
+            line = answer.result()
+            if not line:
+                return None
+            reply = json.loads(line)
+        except (OSError, ValueError, subprocess.SubprocessError) as err:
+            process.kill()
+            msg = f"The Slurm job's start failed: {err}"
+            raise ContainerKernelError(msg) from None
         if "error" in reply:
             msg = f"On the compute node: {reply['error']}"
             raise ContainerKernelError(msg)
@@ -144,7 +156,7 @@ class SlurmKernel:
         """(state, reason) of this kernel's job, from squeue; ('', '') once it is gone."""
         out = subprocess.run(
             ["squeue", "-h", "--name", self.job_name, "-o", "%T|%r"],
-            capture_output=True, text=True, check=False, timeout=30,
+            capture_output=True, text=True, check=False, timeout=POLL * 5,
         )  # fmt: skip
         state, _, reason = out.stdout.strip().partition("|")
         return state, reason
@@ -152,9 +164,11 @@ class SlurmKernel:
     def cancel(self) -> None:
         """No job of this kernel's is left (scancel finds them by their unique name)."""
         if self.job_name:
-            subprocess.run(
-                ["scancel", "--name", self.job_name], capture_output=True, check=False, timeout=30
-            )
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    ["scancel", "--name", self.job_name], capture_output=True, check=False,
+                    timeout=POLL * 5,
+                )  # fmt: skip
 
     def send_signal(self, runtime_pid: int, pgid: int | None, signum: int) -> bool:
         """Signals go to the node as messages; SIGKILL to srun alone, whose helper cancels the
@@ -174,9 +188,7 @@ class SlurmKernel:
 
     def end(self, failed_start: bool = False) -> None:
         """Close the node's input (it ends the kernel and exits) and make sure the job is gone."""
-        if self.process is not None:
-            for pipe in (self.process.stdin, self.process.stdout):
-                if pipe:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+        if self.process is not None and self.process.stdin:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()  # (its stdout goes with LocalProvisioner's wait)
         self.cancel()

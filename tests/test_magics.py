@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -499,7 +500,7 @@ def test_each_cell_runs_in_a_private_session_that_ends_with_it(ip, tmp_path, mon
     (other.tmp / "other-secret").write_text("theirs")
     gone = subprocess.Popen(["true"])
     gone.wait()
-    leaked = sessions.Session(root / f"{gone.pid}-1-0123456789ab")  # its kernel was killed
+    leaked = sessions.Session(root / f"{gone.pid}-1-0123456789ab@{socket.gethostname()}")
     leaked.tmp.mkdir(parents=True)
     orphan = subprocess.Popen(["sleep", "61.732"], env={**os.environ, **leaked.environment})
     on_host: set[str] = set()

@@ -21,7 +21,8 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
     )  # fmt: skip
     kernel = SlurmKernel(settings, "my-spec", logging.getLogger("test"))
     host = {"PATH": "/usr/bin", "HOME": "/home/me", "USER": "me", "JUPYTERHUB_API_TOKEN": "tok",
-            "OMP_NUM_THREADS": "4", "SPEC_VAR": "from spec", "JPY_PARENT_PID": "1"}  # fmt: skip
+            "JUPYTER_TOKEN": "tok", "OMP_NUM_THREADS": "4", "SPEC_VAR": "from spec",
+            "JPY_PARENT_PID": "1", "SLURM_JOB_ID": "7", "JUPYTER_CONFIG_DIR": "/etc/j"}  # fmt: skip
     launch = kernel.prepare(
         ["python3", "-m", "ipykernel_launcher", "-f", str(connection)],
         connection_file=str(connection),
@@ -34,9 +35,10 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
         "--partition=gpu", "--time=01:00:00", sys.executable, "-m", "container_kernel.node",
     ]  # fmt: skip
     assert kernel.job_name.startswith("container-kernel-")
+    # what finds Python and the runtime; not the server's own job (SLURM_JOB_ID would make srun
+    # a step of it), no token; the kernel's values go on stdin, pass_env is applied on the node
     assert launch.env == {
-        "PATH": "/usr/bin", "HOME": "/home/me", "USER": "me",
-        "OMP_NUM_THREADS": "4", "SPEC_VAR": "from spec", "PYTHONNOUSERSITE": "1",
+        "PATH": "/usr/bin", "HOME": "/home/me", "USER": "me", "JUPYTER_CONFIG_DIR": "/etc/j"
     }  # fmt: skip
     everything = json.dumps([launch.argv, launch.env])
     assert "the-key" not in everything

@@ -69,6 +69,7 @@ def parse_version(text: str) -> Flavour:
 # Flavours without --no-eval get their values from a file of single-quoted assignments that
 # /bin/sh reads inside, before it execs the command: no value ever goes through an evaluation.
 ENV_FILE = ".container-kernel-env.sh"
+SH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SOURCE_AND_EXEC = '. "$1"; shift; exec "$@"'
 # Host variables that Apptainer keeps under --cleanenv (create.go's alwaysPassKeys).
 PROXIES = frozenset(f"{name}_proxy" for name in ("http", "https", "no", "all", "ftp")) | frozenset(
@@ -86,7 +87,7 @@ def env_file(values: Mapping[str, str]) -> str:
     return "".join(
         f"export {name}={shell_literal(value)}\n"
         for name, value in values.items()
-        if name.isidentifier()  # sh holds no other names (a host's BASH_FUNC_x%%)
+        if SH_NAME.fullmatch(name)  # sh holds no other names (a host's BASH_FUNC_x%%)
     )
 
 
