@@ -1,7 +1,8 @@
 """The one place that combines settings, fake home and clean-environment policy into a command.
 
-Layers, each a separate step: [where it runs: nothing yet] + [runtime exec and its flags]
-+ [the command inside]. Every face (provisioner, magic, CLI) comes through here.
+Layers, each a separate step: [where it runs] + [runtime exec and its flags] + [the command
+inside]. Every face (provisioner, launcher, magic, CLI) comes through here, on the machine where
+the container runs: for a Slurm job the node's agent (node.py) does, under `srun` (slurm.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Process-group care shared by the provisioner and the magics.
+"""Process care shared by every face: groups, signals, a parent-death signal.
 
 A runtime parent (Apptainer's starter) may exit while what the kernel or cell started lives on
 in its process group. That group is killed after the parent has exited but BEFORE the parent is

@@ -59,7 +59,8 @@ class ContainerSettings(LoggingConfigurable):
         Unicode(),
         config=True,
         help="""Extra host paths to bind into the container, each 'SRC[:DST[:ro|rw]]'. The working
-        directory (the notebook's folder) and the kernel's connection file are bound already.""",
+        directory (the notebook's folder) is bound already; the connection file is in the
+        private /tmp.""",
     )
     env = Dict(
         key_trait=Unicode(),
