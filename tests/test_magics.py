@@ -20,7 +20,7 @@ from IPython.testing import globalipapp
 from kernels import run, running_kernel
 from nbclient import NotebookClient
 
-from container_kernel import cells, sessions
+from container_kernel import cells, load_ipython_extension, sessions
 from container_kernel.magics import ContainerCellError, ContainerMagics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -546,3 +546,25 @@ def test_help_documents_every_option(shell):
                  "--runtime", "-i", "-o", "--out", "--err", "--no-raise-error"):  # fmt: skip
         assert flag in help_text
     assert "--cleanenv, --no-cleanenv Start from a clean environment (the default)" in help_text
+
+
+def test_the_sites_config_reaches_the_magic(notebook_dir, tmp_path, monkeypatch, image, runtime):
+    site = tmp_path / "etc-jupyter"
+    site.mkdir()
+    (site / "jupyter_server_config.py").write_text(
+        'c.ContainerSettings.env = {"OMP_NUM_THREADS": "1", "WHO": "site"}\n'
+        f"c.ContainerSettings.runtime = {runtime!r}\n"
+    )
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(site))
+    ip = globalipapp.get_ipython()
+    before = list(ip.configurables)
+    load_ipython_extension(ip)  # what %load_ext container_kernel does
+    (magics,) = [c for c in ip.configurables if c not in before]
+    try:
+        ip.run_cell(
+            f"%%container --env WHO=cell --out seen {image}\n"
+            "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['WHO'])"
+        )
+        assert ip.user_ns["seen"].split() == ["1", "cell"]  # the site's, under the cell's
+    finally:
+        ip.configurables.remove(magics)
