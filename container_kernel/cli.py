@@ -11,16 +11,12 @@ from pathlib import Path
 from traitlets import TraitError
 
 from . import doctor, kernelspec
+from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError
 from .homes import persistent_home_path
 from .launch import check_image
 from .probe import probe, require_ipykernel
-from .settings import (
-    ContainerSettings,
-    add_settings_arguments,
-    settings_from_arguments,
-    site_config,
-)
+from .settings import ContainerSettings, site_config
 from .sync import Sync
 
 EPILOG = """examples:

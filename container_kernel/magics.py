@@ -25,11 +25,12 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from . import cells, homes
+from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError, runtime_message
 from .kernelspec import default_kernel_name
 from .launch import plan
 from .sessions import Session
-from .settings import ContainerSettings, add_settings_arguments, settings_from_arguments
+from .settings import ContainerSettings
 
 PYTHON = re.compile(r"python[0-9.]*")
 IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")

@@ -12,54 +12,29 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from tornado.web import HTTPError
-from traitlets import Float
 
 from . import processes
-from .errors import ContainerKernelError, runtime_message
+from .errors import ContainerKernelError
 from .kernel import KernelContainer, command_inside
 from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
 from .slurm import SlurmKernel
+from .startup import KernelStartError, StartupWatch
 
 PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 3
 
 
-class KernelStartError(ContainerKernelError, HTTPError):
-    """A start that failed, with its one-line cause. Also a tornado HTTPError, as gateway
-    provisioners raise: Jupyter Server then sends the cause to the client (JupyterLab's dialog)
-    instead of "Unhandled error"."""
-
-    def __init__(self, message: str) -> None:
-        HTTPError.__init__(self, 500, message, reason="Kernel start failed")
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class ContainerProvisioner(ContainerSettings, LocalProvisioner):
+class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
     """Starts the kernel spec's argv inside `image`, with a clean environment and a fake home."""
-
-    startup_check_timeout = Float(
-        10.0,
-        config=True,
-        help="""Seconds the start waits for the kernel to either listen on its ports or die.
-        A kernel that dies at start-up fails the start with the runtime's own message.""",
-    )
 
     _container: KernelContainer | None = None  # lives across restarts
     _restarting = False
-    _stderr_tail: deque[str] | None = None
-    _stderr_reader: threading.Thread | None = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
@@ -196,45 +171,6 @@ class ContainerProvisioner(ContainerSettings, LocalProvisioner):
             self.parent.ip = ready["ip"]  # as jupyter_client reconciles it with the file
         return connection_info
 
-    def _tee_stderr(self) -> None:
-        # The reader owns the pipe: LocalProvisioner.wait() must not close it under the thread.
-        stream, self.process.stderr = self.process.stderr, None
-        self._stderr_tail = deque(maxlen=20)
-        self._stderr_reader = threading.Thread(
-            target=_tee, args=(stream, self._stderr_tail), daemon=True
-        )
-        self._stderr_reader.start()
-
-    async def _wait_for_listening(self) -> int | None:
-        """None once the kernel listens on its heartbeat port; its exit status if it dies first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.startup_check_timeout
-        while loop.time() < deadline:
-            status = await self.poll()
-            if status is not None or await self._kernel_listening():
-                return status
-            await asyncio.sleep(0.05)
-        return None
-
-    async def _startup_failure(self, status: int) -> str:
-        if self._stderr_reader is not None:  # read the runtime's last words first
-            await asyncio.to_thread(self._stderr_reader.join, 2)
-        detail = runtime_message(self._stderr_tail or ())
-        # The cause first: JupyterLab's error dialog cuts long messages off at the end.
-        return f"{detail} (the kernel exited at start with status {status}; image {self.image})"
-
-    async def _kernel_listening(self) -> bool:
-        """True once the kernel's heartbeat port accepts connections (it has bound its sockets)."""
-        info = self.connection_info
-        if info.get("transport", "tcp") != "tcp" or not info.get("hb_port"):
-            return True
-        try:
-            _, writer = await asyncio.open_connection(info["ip"], info["hb_port"])
-        except OSError:
-            return False
-        writer.close()
-        return True
-
     async def poll(self) -> int | None:
         """As LocalProvisioner, but once the runtime parent has exited, and before it is reaped,
         kill what it left: its process group (see processes.py) and its session's processes."""
@@ -297,12 +233,3 @@ def _os_message(err: OSError) -> str:
     """An OSError while preparing a start, as one line that says what failed and where."""
     where = f": {err.filename}" if err.filename else ""
     return f"Cannot prepare the kernel's files ({err.strerror or err}){where}."
-
-
-def _tee(stream, tail: deque[str]) -> None:
-    """Copy the runtime's stderr to ours line by line, keeping the last lines for error reports."""
-    for raw in iter(stream.readline, b""):
-        line = raw.decode(errors="replace")
-        tail.append(line)
-        sys.stderr.write(line)
-    stream.close()

@@ -6,7 +6,6 @@ Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_
 
 from __future__ import annotations
 
-import argparse
 import os
 from difflib import get_close_matches
 from pathlib import Path
@@ -227,71 +226,3 @@ def site_config():
     merged.ContainerSettings.merge(config.ContainerSettings)
     merged.ContainerSettings.merge(config.ContainerProvisioner)
     return merged
-
-
-# Command-line spelling of the settings, shared by the CLI and the %%container magic:
-# (flags, trait, argparse keywords with a help that fits every face).
-ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
-    (("--runtime",), "runtime", {"choices": RUNTIMES, "help": (
-        "Container runtime: auto (apptainer, then singularity, then ch-run), apptainer, "
-        "singularity or charliecloud.")}),
-    (("--runtime-path",), "runtime_path", {"metavar": "PATH", "help": (
-        "The runtime executable, when it is not on PATH.")}),
-    (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]", "help": (
-        "Bind a host path into the container (repeatable). The working folder is bound already.")}),
-    (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE", "help": (
-        "Set a variable inside, literally, never shell-evaluated (repeatable).")}),
-    (("--pass-env",), "pass_env", {"action": "append", "metavar": "PATTERN", "help": (
-        "Let in host variables whose names match PATTERN, e.g. 'OMP_*' (repeatable). Nothing "
-        "else from the host enters.")}),
-    (("--home",), "home", {"metavar": "persistent|temporary|none|PATH", "help": (
-        "The home inside, never the real one: persistent (a folder of its own, kept), temporary "
-        "(fresh, then removed), none, or a host folder.")}),
-    (("--home-root",), "home_root", {"metavar": "DIR", "help": (
-        "Where persistent fake homes live.")}),
-    (("--cleanenv",), "cleanenv", {"action": argparse.BooleanOptionalAction, "help": (
-        "Start from a clean environment (the default); --no-cleanenv lets the whole host "
-        "environment in, tokens included.")}),
-    (("--gpu",), "gpu", {"action": argparse.BooleanOptionalAction, "help": (
-        "Make the host's NVIDIA GPUs usable inside (--nv); pass CUDA_VISIBLE_DEVICES with "
-        "--pass-env. Not with ch-run.")}),
-    (("--share-tmp",), "share_tmp", {"action": argparse.BooleanOptionalAction, "help": (
-        "Share the host's /tmp with the container; by default it gets a private /tmp of its "
-        "own.")}),
-    (("--launcher",), "launcher", {"choices": LAUNCHERS, "help": (
-        "Where the container runs: local, or slurm (a job on a compute node, via srun).")}),
-    (("--slurm-arg",), "slurm_args", {"action": "append", "metavar": "ARG", "help": (
-        "An srun option for the Slurm job (repeatable; --slurm-arg=--partition=gpu).")}),
-    (("--slurm-start-timeout",), "slurm_start_timeout", {"type": float, "metavar": "SECONDS",
-        "help": "Seconds a Slurm job may wait in the queue before the start fails."}),
-    (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
-        "An extra argument for the runtime's exec, before the image (repeatable; "
-        "--runtime-arg=--rocm).")}),
-]  # fmt: skip
-
-
-def add_settings_arguments(add_argument) -> None:
-    """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments')."""
-    for flags, trait, keywords in ARGUMENTS:
-        add_argument(*flags, dest=trait, **keywords)
-
-
-def settings_from_arguments(namespace) -> dict:
-    """The settings given on a command line (flags left out are absent, not defaults)."""
-    values = {}
-    for _, trait, _ in ARGUMENTS:
-        value = getattr(namespace, trait, None)
-        if value is None:
-            continue
-        if trait == "env":
-            value = dict(_name_value(item) for item in value)
-        values[trait] = value
-    return values
-
-
-def _name_value(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name.isidentifier():
-        msg = f"--env takes NAME=VALUE, not {item!r}."
-        raise ContainerKernelError(msg)
-    return name, value

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from container_kernel import cli
+from container_kernel.arguments import ARGUMENTS, settings_from_arguments
 from container_kernel.kernelspec import logo_files
-from container_kernel.settings import ARGUMENTS, settings_from_arguments
 
 GIVEN = ("runtime", "runtime_path", "binds", "env", "pass_env", "home", "home_root", "cleanenv",
          "gpu", "share_tmp", "runtime_args")  # fmt: skip
