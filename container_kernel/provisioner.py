@@ -176,7 +176,8 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         kill what it left: its process group (see processes.py) and its session's processes."""
         if self.process and self.process.returncode is None and processes.exited(self.process.pid):
             if self._container is not None:
-                self._container.runtime_exited(self.pgid)
+                # (a /proc scan, or scancel for a Slurm job: not on the server's event loop)
+                await asyncio.to_thread(self._container.runtime_exited, self.pgid)
             else:
                 processes.kill_group(self.pgid)
         return await super().poll()
@@ -203,7 +204,7 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
 
     async def _end(self, failed_start: bool = False) -> None:
         if self._container is not None:
-            self._container.end(failed_start=failed_start)
+            await asyncio.to_thread(self._container.end, failed_start=failed_start)
             self._container = None
 
     async def _give_up(self, first_start: bool) -> None:
