@@ -30,8 +30,7 @@ from . import processes
 from .kernel import KernelContainer
 from .sessions import sessions_root
 from .settings import ContainerSettings
-
-PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+from .slurm import PORTS
 
 
 def main() -> int:

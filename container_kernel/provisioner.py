@@ -23,7 +23,7 @@ from .kernel import KernelContainer, command_inside
 from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
-from .slurm import SlurmKernel
+from .slurm import PORTS, SlurmKernel
 from .startup import KernelStartError, StartupWatch
 
 PORT_TAKEN = "Address already in use"
@@ -151,7 +151,7 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         """Fresh ports for the same kernel: a new connection file, copied again."""
         km = self.parent
         km.cleanup_connection_file()
-        for port in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+        for port in PORTS:
             setattr(km, port, 0)
         km.write_connection_file()
         self.connection_info = km.get_connection_info()

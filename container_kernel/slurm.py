@@ -37,7 +37,7 @@ KEPT = (
     "JUPYTER_PLATFORM_DIRS", "XDG_RUNTIME_DIR",
 )  # fmt: skip
 POLL = 2.0  # seconds between looks at a waiting job
-PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")  # (jupyter_client's)
 
 
 class SlurmKernel:
