@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import processes, sessions, streams
-from .launch import Launch, private_mount
+from .launch import CELL_FILES, Launch, private_mount
 from .sessions import Session
 from .settings import ContainerSettings
-
-FILES = ".container-magic"  # the cell's files, in the session's folder that the container sees
+from .slurm import SlurmCell
 
 STDERR_TAIL = 10  # lines of stderr kept for an error message
 INTERRUPT_GRACE = 2.0  # seconds between SIGINT and SIGTERM, and between SIGTERM and SIGKILL
@@ -67,9 +67,9 @@ def files_folder(settings: ContainerSettings, session: Session) -> tuple[Path, s
     clash with them; referenced by their inside path, which a runtime that relocates it
     rewrites."""
     private = private_mount(settings, session)
-    host = Path(private.src, FILES)
+    host = Path(private.src, CELL_FILES)
     host.mkdir(mode=0o700)
-    return host, f"{private.dst}/{FILES}"
+    return host, f"{private.dst}/{CELL_FILES}"
 
 
 def _start_guard(session: Session) -> subprocess.Popen | None:
@@ -103,10 +103,16 @@ class Result:
     tail: list[str]  # stderr's last lines, as a terminal shows them
 
 
-def run(launch: Launch, session: Session, write: Callable[[str, str], None]) -> Result:
+def run(
+    launch: Launch,
+    session: Session,
+    write: Callable[[str, str], None],
+    remote: SlurmCell | None = None,
+) -> Result:
     """Run `launch` in `session`, handing its output to `write(stream name, text)` piece by
     piece as it comes (a progress bar's `\\r` updates too), in the calling thread, where
-    ipykernel expects a cell's output. An interrupt stops the process and all it started."""
+    ipykernel expects a cell's output. An interrupt stops the process and all it started.
+    `remote`: the cell is a Slurm job (launch is srun's), which takes signals as messages."""
     tail = streams.Tail(STDERR_TAIL)
 
     def sink(name: str, text: str) -> None:
@@ -120,13 +126,16 @@ def run(launch: Launch, session: Session, write: Callable[[str, str], None]) -> 
             launch.argv,
             env=launch.env,
             cwd=launch.cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if remote else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own group: what the cell starts is killed with it
             # It dies with the kernel; the setup makes one system call in the child.
             preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509
         )
+        if remote:
+            remote.start(proc)
+        kill = partial(remote.send, proc.pid, signal.SIGKILL) if remote else None
         events = interrupts.events
         reaper = threading.Thread(target=_end_group, args=(proc, session, events), daemon=True)
         reaper.start()
@@ -140,10 +149,15 @@ def run(launch: Launch, session: Session, write: Callable[[str, str], None]) -> 
             for name, text in streams.output(events, len(readers) + 1):
                 sink(name, text)
         except KeyboardInterrupt:
-            stopped = _stop(proc, reaper, session, interrupts, launch.runtime.forwards_signals)
+            send = (
+                partial(remote.send, proc.pid)
+                if remote
+                else partial(_send, proc.pid, session, forwards=launch.runtime.forwards_signals)
+            )
+            stopped = _stop(proc, reaper, interrupts, send, kill)
         finally:
             if reaper.is_alive():  # an error while streaming: nothing may outlive the cell
-                processes.kill_group(proc.pid)
+                (kill or partial(processes.kill_group, proc.pid))()
             reaper.join()
             proc.wait()  # only now: the group was killed while its id was still ours
         if stopped:  # the process's last words: the writers are dead, the pipes end soon
@@ -167,16 +181,16 @@ def _end_group(proc: subprocess.Popen, session: Session, events: queue.SimpleQue
 def _stop(
     proc: subprocess.Popen,
     reaper: threading.Thread,
-    session: Session,
     interrupts: streams.Interrupts,
-    forwards: bool,
+    send: Callable[[int], None],
+    kill: Callable[[], None] | None,
 ) -> str:
     """SIGINT, then SIGTERM (both as `_send` says), then SIGKILL to the whole group; another
     interrupt meanwhile goes straight to SIGKILL. Done when the reaper is: the process has
     exited, its group is gone."""
     seen = interrupts.count
     for signum, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
-        _send(proc.pid, session, signum, forwards)
+        send(signum)
         deadline = time.monotonic() + INTERRUPT_GRACE
         while reaper.is_alive() and time.monotonic() < deadline and interrupts.count == seen:
             reaper.join(0.05)
@@ -184,11 +198,14 @@ def _stop(
             return how
         if interrupts.count != seen:
             break
-    processes.kill_group(proc.pid)  # not reaped yet: the group id is still ours
+    if kill:  # srun alone: its group's death would leave the job running
+        kill()
+    else:
+        processes.kill_group(proc.pid)  # not reaped yet: the group id is still ours
     return "killed"
 
 
-def _send(pgid: int, session: Session, signum: int, forwards: bool) -> None:
+def _send(pgid: int, session: Session, signum: int, *, forwards: bool) -> None:
     """A runtime that execs the command (ch-run) has no one to forward: its group gets the
     signal. A runtime parent that forwards signals (Apptainer) passes them to the command alone
     and must not get them twice: SIGINT goes to what runs inside the group (the command and its

@@ -60,7 +60,7 @@ class KernelContainer:
         self,
         command: Sequence[str],
         *,
-        connection_file: str,
+        connection_file: str | None,
         cwd: str,
         host_env: Mapping[str, str],
         named_env: Sequence[str] = (),
@@ -71,7 +71,8 @@ class KernelContainer:
             self.session = Session.create()
         else:
             self.session.kill_processes()  # a restart: what the last kernel left, setsid'd too
-        command = self._private_connection_file(command, connection_file)
+        if connection_file is not None:  # (a cell has none)
+            command = self._private_connection_file(command, connection_file)
         launch = plan(
             self.settings,
             command,

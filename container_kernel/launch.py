@@ -25,6 +25,8 @@ NOTEBOOK_MOUNT = "/mnt/notebook"
 # Where our private folder (connection-file copy...) goes when the container shares the host's
 # /tmp; with a private /tmp, it is that /tmp.
 PRIVATE_MOUNT = "/mnt/container-kernel"
+# A %%container cell's files (cell.py, the pickled values), in that private folder.
+CELL_FILES = ".container-magic"
 # The container's own /tmp and /var/tmp, unless the host's are shared.
 PRIVATE_TMP = frozenset({"/tmp", "/var/tmp"})
 # Apptainer's own list of folders its current-directory mount never covers.

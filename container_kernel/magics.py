@@ -31,6 +31,7 @@ from .kernelspec import default_kernel_name
 from .launch import plan
 from .sessions import Session
 from .settings import ContainerSettings
+from .slurm import SlurmCell
 
 PYTHON = re.compile(r"python[0-9.]*")
 IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
@@ -167,9 +168,21 @@ class ContainerMagics(ContainerSettings, Magics):
             if command[0].startswith("-"):
                 msg = f"Options go before IMAGE and COMMAND; {command[0]!r} came after them."
                 raise UsageError(msg)
+            if settings.launcher == "slurm" and args.output:
+                msg = "-o needs the cell's folder back: not with launcher=slurm (print instead)."
+                raise UsageError(msg)
+            what = f"{command[0]} in {settings.image}"
             with cells.cell_session() as session:  # private: never in the host's /tmp
                 host, inside = cells.files_folder(settings, session)
                 argv = self._prepare(args, cell, command, host, inside)
+                if settings.launcher == "slurm":  # a job: the node writes the files and runs it
+                    remote = SlurmCell(settings, self._home_name(settings))
+                    launch = remote.launch(argv, host, os.getcwd(), os.environ)
+                    try:
+                        self._execute(launch, session, args, what, host, remote=remote)
+                    finally:
+                        remote.end()
+                    return
                 launch = plan(
                     settings,
                     argv,
@@ -178,7 +191,7 @@ class ContainerMagics(ContainerSettings, Magics):
                     host_env=os.environ,
                     session=session,
                 )
-                self._execute(launch, session, args, f"{command[0]} in {settings.image}", host)
+                self._execute(launch, session, args, what, host)
         except (ContainerKernelError, TraitError) as err:
             raise UsageError(str(err)) from None
 
@@ -198,20 +211,19 @@ class ContainerMagics(ContainerSettings, Magics):
             msg = "No image: name one (`%%container IMAGE`) or set `%config ContainerMagics.image`."
             raise UsageError(msg)
         # The configured values as config, the cell's on top: lists add up, locked ones hold.
-        settings = ContainerSettings(config=Config({"ContainerSettings": values}), **given)
-        if settings.launcher != "local":
-            msg = "%%container runs cells here: launcher=slurm is for kernels (not cells, yet)."
-            raise UsageError(msg)
-        return settings
+        return ContainerSettings(config=Config({"ContainerSettings": values}), **given)
 
     def _home(self, settings: ContainerSettings, session: Session) -> Path | None:
         """The fake home: one per image (`magic-<name>-<hash of its path>`), or a fresh one in
         the cell's session, which goes with it."""
         if settings.home == "temporary":
             return homes.temporary_home(session.folder)
+        return homes.resolve_home(settings.home, settings.home_root, self._home_name(settings))
+
+    @staticmethod
+    def _home_name(settings: ContainerSettings) -> str:
         digest = hashlib.sha256(settings.image.encode()).hexdigest()[:8]
-        name = f"magic-{default_kernel_name(settings.image)}-{digest}"
-        return homes.resolve_home(settings.home, settings.home_root, name)
+        return f"magic-{default_kernel_name(settings.image)}-{digest}"
 
     def _prepare(
         self, args, cell: str | None, command: list[str], host: Path, inside: str
@@ -242,7 +254,9 @@ class ContainerMagics(ContainerSettings, Magics):
         (host / "run.py").write_text(RUNNER)
         return [*command, f"{inside}/run.py", inside, *args.output]
 
-    def _execute(self, launch, session: Session, args, what: str, folder: Path) -> None:
+    def _execute(
+        self, launch, session: Session, args, what: str, folder: Path, *, remote=None
+    ) -> None:
         """Run, stream both outputs live (or capture them), raise on failure or interrupt."""
         captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
 
@@ -255,7 +269,7 @@ class ContainerMagics(ContainerSettings, Magics):
                 stream.flush()
 
         try:
-            result = cells.run(launch, session, write)
+            result = cells.run(launch, session, write, remote)
         finally:
             for name, var in (("stdout", args.out), ("stderr", args.err)):
                 if var:

@@ -14,6 +14,7 @@ SIGKILLed) or the kernel exits, it ends the kernel's session and exits, and so d
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from . import processes
 from .kernel import KernelContainer
+from .launch import CELL_FILES, private_mount
 from .sessions import sessions_root
 from .settings import ContainerSettings
 from .slurm import PORTS
@@ -37,6 +39,8 @@ def main() -> int:
     request = json.loads(sys.stdin.readline())
     settings = ContainerSettings(**{**request["settings"], "launcher": "local"})
     container = KernelContainer(settings, request["kernel_name"])
+    if request.get("mode") == "cell":
+        return _cell(container, request)
     process = None
     try:
         address = _address_facing_the_server()
@@ -80,13 +84,42 @@ def _prepare(container: KernelContainer, request: dict, address: str):
         launch = container.prepare(
             command,
             connection_file=str(staged),
-            cwd=request["cwd"] if os.path.isdir(request["cwd"]) else "/",
+            cwd=_cwd(request),
             host_env={**os.environ, **request["named_values"]},
             named_env=list(request["named_values"]),
         )
     finally:
         staged.unlink()
     return launch, container.connection_copy
+
+
+def _cell(container: KernelContainer, request: dict) -> int:
+    """A %%container cell: its files written where the container sees them, its output on ours
+    (srun's, streamed to the notebook), its exit status ours."""
+    launch = container.prepare(
+        request["command"], connection_file=None, cwd=_cwd(request), host_env=os.environ
+    )
+    folder = Path(private_mount(container.settings, container.session).src, CELL_FILES)
+    folder.mkdir(mode=0o700)
+    for name, data in request["files"].items():
+        (folder / Path(name).name).write_bytes(base64.b64decode(data))
+    process = subprocess.Popen(
+        launch.argv,
+        env=launch.env,
+        cwd=launch.cwd,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
+    )
+    threading.Thread(target=_take_signals, args=(container, process), daemon=True).start()
+    try:
+        return _finish(container, process)
+    finally:
+        container.end()
+
+
+def _cwd(request: dict) -> str:
+    return request["cwd"] if os.path.isdir(request["cwd"]) else "/"
 
 
 def _ports_written_back(copy: Path, process: subprocess.Popen) -> dict | None:
@@ -131,5 +164,6 @@ def _finish(container: KernelContainer, process: subprocess.Popen) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts come as messages
+    # Interrupts come as messages; a handler, not SIG_IGN, which the container would inherit.
+    signal.signal(signal.SIGINT, lambda *_: None)
     sys.exit(main())

@@ -13,6 +13,7 @@ outlives its kernel, and `scancel --name` finds every job of ours.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .environment import container_environment
@@ -38,6 +40,86 @@ KEPT = (
 )  # fmt: skip
 POLL = 2.0  # seconds between looks at a waiting job
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")  # (jupyter_client's)
+
+
+def job_name() -> str:
+    """A unique name: `squeue`/`scancel --name` find every job of ours by it."""
+    return f"container-kernel-{uuid.uuid4().hex[:12]}"
+
+
+def node_settings(settings: ContainerSettings) -> dict[str, Any]:
+    """The settings the node's agent plans with (it runs the container where it is)."""
+    return {
+        name: getattr(settings, name)
+        for name in ContainerSettings.class_traits(config=True)
+        if name not in ("launcher", "locked")
+    }
+
+
+def srun_launch(
+    settings: ContainerSettings, name: str, cwd: str, host_env: Mapping[str, str]
+) -> Launch:
+    """`srun ... PYTHON -m container_kernel.node` and its short environment."""
+    argv = [
+        "srun", "--job-name", name, "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",
+        *settings.slurm_args, sys.executable, "-m", "container_kernel.node",
+    ]  # fmt: skip
+    return Launch(argv, {k: v for k, v in host_env.items() if k in KEPT}, cwd, None)
+
+
+def cancel(name: str) -> None:
+    """No job of that name is left."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["scancel", "--name", name], capture_output=True, check=False, timeout=POLL * 5
+        )
+
+
+class SlurmCell:
+    """A %%container cell as a Slurm job: its files and command go on srun's stdin, its output
+    comes back on srun's, signals go as messages, a kill takes srun alone (its helper cancels
+    the job; a group kill would leave it running) and the job by name."""
+
+    def __init__(self, settings: ContainerSettings, home_name: str) -> None:
+        self.settings = settings
+        self.home_name = home_name
+        self.name = job_name()
+        self.stdin = None
+
+    def launch(self, command: Sequence[str], files: Path, cwd: str, host_env) -> Launch:
+        check_image(self.settings.image)
+        self.request = {
+            "mode": "cell",
+            "settings": node_settings(self.settings),
+            "kernel_name": self.home_name,
+            "command": list(command),
+            "files": {p.name: base64.b64encode(p.read_bytes()).decode() for p in files.iterdir()},
+            "cwd": cwd,
+            "named_values": {},
+        }
+        return srun_launch(self.settings, self.name, cwd, host_env)
+
+    def start(self, process: subprocess.Popen) -> None:
+        self.stdin = process.stdin
+        with contextlib.suppress(BrokenPipeError):  # srun refused: its stderr says why
+            process.stdin.write(json.dumps(self.request).encode() + b"\n")
+            process.stdin.flush()
+
+    def send(self, pid: int, signum: int) -> None:
+        if signum == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            cancel(self.name)
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.stdin.write(json.dumps({"signal": int(signum)}).encode() + b"\n")
+            self.stdin.flush()
+
+    def end(self) -> None:
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
+        cancel(self.name)
 
 
 class SlurmKernel:
@@ -79,15 +161,10 @@ class SlurmKernel:
             msg = "A kernel on a compute node needs the tcp transport."
             raise ContainerKernelError(msg)
         self.cancel()  # a restart: the last start's job, if it is still there
-        self.job_name = f"container-kernel-{uuid.uuid4().hex[:12]}"
+        self.job_name = job_name()
         values = container_environment(host_env, named=named_env)
-        settings = {
-            name: getattr(self.settings, name)
-            for name in ContainerSettings.class_traits(config=True)
-            if name not in ("launcher", "locked")
-        }
         self.request = {
-            "settings": settings,
+            "settings": node_settings(self.settings),
             "kernel_name": self.kernel_name,
             "command": list(command),
             "connection": connection,
@@ -95,13 +172,7 @@ class SlurmKernel:
             "cwd": cwd,
             "named_values": {k: values[k] for k in named_env if k in values},
         }
-        argv = [
-            "srun", "--job-name", self.job_name, "--nodes=1", "--ntasks=1",
-            "--kill-on-bad-exit=1", *self.settings.slurm_args,
-            sys.executable, "-m", "container_kernel.node",
-        ]  # fmt: skip
-        env = {k: v for k, v in host_env.items() if k in KEPT}
-        return Launch(argv, env, cwd, None)
+        return srun_launch(self.settings, self.job_name, cwd, host_env)
 
     async def connect(self, process: subprocess.Popen) -> dict[str, Any] | None:
         """Send the request, wait for the node's answer while the job queues; the connection
@@ -164,11 +235,7 @@ class SlurmKernel:
     def cancel(self) -> None:
         """No job of this kernel's is left (scancel finds them by their unique name)."""
         if self.job_name:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run(
-                    ["scancel", "--name", self.job_name], capture_output=True, check=False,
-                    timeout=POLL * 5,
-                )  # fmt: skip
+            cancel(self.job_name)
 
     def send_signal(self, runtime_pid: int, pgid: int | None, signum: int) -> bool:
         """Signals go to the node as messages; SIGKILL to srun alone, whose helper cancels the

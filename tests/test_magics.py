@@ -251,7 +251,7 @@ def test_fake_home_persists_across_cells_temporary_does_not(ip, tmp_path, capsys
         ("-i x IMG bash", "-i/-o work only"),
         ("IMG --env A=1 bash", "Options go before IMAGE and COMMAND"),
         ("--env 'A=1 IMG", "No closing quotation"),
-        ("--launcher slurm IMG", "launcher=slurm is for kernels"),
+        ("--launcher slurm -o x IMG", "-o needs the cell's folder back"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(shell, image, line, message):

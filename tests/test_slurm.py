@@ -12,15 +12,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from IPython.testing import globalipapp
 from jupyter_client import KernelManager
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from kernels import run, running_kernel
 from slurm_cluster import slurm_fixture  # noqa: F401
 
+from container_kernel import load_ipython_extension
 from container_kernel.errors import ContainerKernelError
 
 pytestmark = pytest.mark.slurm
@@ -180,3 +183,38 @@ def test_options_slurm_refuses_fail_at_once_with_its_message(cluster, kernel_spe
         km.start_kernel(cwd=str(notebook_dir))
     assert time.monotonic() - started < 10
     assert our_jobs() == []
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud", "apptainer"], indirect=True)
+def test_a_cell_as_a_job_on_the_compute_node(cluster, image, runtime, notebook_dir, monkeypatch):
+    monkeypatch.chdir(notebook_dir)
+    ip = globalipapp.get_ipython()
+    before = list(ip.configurables)
+    load_ipython_extension(ip)
+    (magics,) = [c for c in ip.configurables if c not in before]
+    line = f"--launcher slurm --runtime {runtime} --pass-env 'SLURM_*' {image}"
+    try:
+        ip.user_ns["table"] = {"rows": 3}
+        ip.run_cell(
+            f"%%container -i table --out seen {line}\n"
+            "import os, json\n"
+            "print(json.dumps([table, os.environ.get('SLURM_JOB_ID'), "
+            "os.readlink('/proc/self/ns/net'), os.getcwd()]))"
+        )
+        value, job, netns, cwd = json.loads(ip.user_ns["seen"])
+        assert value == {"rows": 3}
+        assert job
+        assert netns != os.readlink("/proc/self/ns/net")  # on the node
+        assert cwd == str(notebook_dir)
+        # an interrupt stops the cell on the node, and its job (once it runs: the last job gone)
+        assert wait_no_jobs(timeout=30) == []
+        timer = threading.Timer(5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        result = ip.run_cell(f"%%container {line}\nimport time\ntime.sleep(60)")
+        assert isinstance(result.error_in_exec, KeyboardInterrupt)
+        assert "interrupted" in str(result.error_in_exec)
+        assert time.monotonic() - started < 15
+        assert wait_no_jobs(timeout=15) == []
+    finally:
+        ip.configurables.remove(magics)
