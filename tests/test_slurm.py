@@ -70,6 +70,15 @@ def test_a_kernel_on_the_compute_node(cluster, kernel_spec, notebook_dir, runtim
         assert (executable, where) == ("/usr/bin/python3", "node")
         assert job
         assert netns != os.readlink("/proc/self/ns/net")  # in the node's namespace
+        # the key is nowhere Slurm or ps shows: job records, the queue, any process's argv
+        key = km.session.key
+        shown = [
+            subprocess.run(cmd, capture_output=True, check=False).stdout
+            for cmd in (["scontrol", "show", "job", "-dd", job], ["squeue", "-o", "%all"],
+                        ["scontrol", "show", "step", f"{job}.0"], ["ps", "-eww", "-o", "args"])
+        ]  # fmt: skip
+        assert shown[0]
+        assert not [out for out in shown if key in out]
         # an interrupt reaches Python exactly once (a real-time signal queues: counted exactly)
         run(kc, "import signal; hits = []")
         run(kc, "signal.signal(signal.SIGRTMIN + 1, lambda *_: hits.append(1))")
