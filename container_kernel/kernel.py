@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -126,6 +127,30 @@ class KernelContainer:
                 return True
         processes.signal_pids([runtime_pid], signum)
         return True
+
+    def start(self, launch: Launch, **popen) -> subprocess.Popen:
+        """Start `launch` in a session of its own (a group signal to its starter reaches it
+        only through us), dying with its starter (a parent-death signal)."""
+        return subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            start_new_session=True,
+            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
+            **popen,
+        )
+
+    def route_signal(self, process: subprocess.Popen, signum: int) -> None:
+        """A signal for a kernel we started (`start`): as `send_signal` says, else its group."""
+        if not self.send_signal(process.pid, process.pid, signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+
+    def wait(self, process: subprocess.Popen) -> int:
+        """Its exit status, once it and what it left (group, session) are gone."""
+        processes.wait_unreaped(process.pid)
+        self.runtime_exited(process.pid)  # its group id is still ours: nothing else has it
+        return process.wait()
 
     def runtime_exited(self, pgid: int | None) -> None:
         """The runtime parent exited (not yet reaped): kill what it left, in its group and in

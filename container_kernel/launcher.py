@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,28 +92,14 @@ def _container(spec_dir: Path) -> tuple[KernelContainer, dict]:
 
 
 def _run(container: KernelContainer, launch: Launch) -> int:
-    """Start the runtime in a group of its own, route every signal we get to it, and return its
-    exit status once it and what it left in its group are gone."""
-    process = subprocess.Popen(
-        launch.argv,
-        env=launch.env,
-        cwd=launch.cwd,
-        start_new_session=True,  # the client's group signals reach us alone, then it, once
-        preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads here)
-    )
-
-    def route(signum: int, _frame) -> None:
-        if not container.send_signal(process.pid, process.pid, signum):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signum)
-
+    """Start the runtime in a group of its own (the client's group signals reach us alone),
+    route every signal we get to it, and return its exit status once it is gone."""
+    process = container.start(launch)
     routed = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}
     for signum in routed:
         with contextlib.suppress(OSError, ValueError):  # glibc's reserved real-time signals
-            signal.signal(signum, route)
-    processes.wait_unreaped(process.pid)
-    container.runtime_exited(process.pid)  # its group id is still ours: nothing else has it
-    return process.wait()
+            signal.signal(signum, lambda signum, _: container.route_signal(process, signum))
+    return container.wait(process)
 
 
 if __name__ == "__main__":

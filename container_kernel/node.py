@@ -45,15 +45,8 @@ def main() -> int:
     try:
         address = _address_facing_the_server()
         launch, copy = _prepare(container, request, address)
-        process = subprocess.Popen(
-            launch.argv,
-            env=launch.env,
-            cwd=launch.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr,  # our stdout carries the answer alone
-            start_new_session=True,
-            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
-        )
+        # our stdout carries the answer alone
+        process = container.start(launch, stdin=subprocess.DEVNULL, stdout=sys.stderr)
         ports = _ports_written_back(copy, process)
         if ports is None:
             return _finish(container, process)
@@ -103,14 +96,7 @@ def _cell(container: KernelContainer, request: dict) -> int:
     folder.mkdir(mode=0o700)
     for name, data in request["files"].items():
         (folder / Path(name).name).write_bytes(base64.b64decode(data))
-    process = subprocess.Popen(
-        launch.argv,
-        env=launch.env,
-        cwd=launch.cwd,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
-    )
+    process = container.start(launch, stdin=subprocess.DEVNULL)
     threading.Thread(target=_take_signals, args=(container, process), daemon=True).start()
     try:
         return _finish(container, process)
@@ -147,19 +133,15 @@ def _address_facing_the_server() -> str:
 def _take_signals(container: KernelContainer, process: subprocess.Popen) -> None:
     """Signals from the server, routed as for a local kernel; end of input: end everything."""
     for line in sys.stdin:
-        signum = json.loads(line).get("signal")
-        if signum and not container.send_signal(process.pid, process.pid, signum):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signum)
+        if signum := json.loads(line).get("signal"):
+            container.route_signal(process, signum)
     processes.kill_group(process.pid)  # the server is gone: the kernel goes too
     if container.session is not None:
         container.session.kill_processes()
 
 
 def _finish(container: KernelContainer, process: subprocess.Popen) -> int:
-    processes.wait_unreaped(process.pid)
-    container.runtime_exited(process.pid)
-    status = process.wait()
+    status = container.wait(process)
     return 128 - status if status < 0 else status
 
 

@@ -96,6 +96,14 @@ def runtime(request, monkeypatch) -> str:
 
 
 @pytest.fixture
+def notebook_dir(tmp_path) -> Path:
+    """An empty notebook folder (test modules that need more define their own)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def real_home_tmp():
     """A folder inside the user's real home, removed afterwards: the place a fake home must hide."""
     path = Path.home() / f".container-kernel-test-{os.getpid()}-{os.urandom(3).hex()}"

@@ -47,13 +47,6 @@ def without_provisioner(name: str) -> KernelManager:
     return km
 
 
-@pytest.fixture
-def notebook_dir(tmp_path) -> Path:
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    return folder
-
-
 def started(km: KernelManager, cwd: Path):
     km.start_kernel(cwd=str(cwd))
     kc = km.client()

@@ -25,13 +25,6 @@ from container_kernel.sessions import marked_processes, sessions_root
 pytestmark = pytest.mark.lifecycle
 
 
-@pytest.fixture
-def notebook_dir(tmp_path) -> Path:
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    return folder
-
-
 def the_session(km) -> str:
     return km.provisioner._session.name
 

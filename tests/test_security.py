@@ -45,13 +45,6 @@ print(hits)
 """
 
 
-@pytest.fixture
-def notebook_dir(tmp_path) -> Path:
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    return folder
-
-
 def test_no_kernel_finds_another_kernels_key_or_files(kernel_spec, notebook_dir, tmp_path):
     other_notebooks = tmp_path / "other"
     other_notebooks.mkdir()

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from IPython.testing import globalipapp
@@ -49,13 +48,6 @@ def wait_no_jobs(timeout: float = 30) -> list[str]:
     while (jobs := our_jobs()) and time.monotonic() < deadline:
         time.sleep(0.5)
     return jobs
-
-
-@pytest.fixture
-def notebook_dir(tmp_path) -> Path:
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    return folder
 
 
 @pytest.mark.parametrize("runtime", ["charliecloud", "apptainer"], indirect=True)

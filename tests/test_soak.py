@@ -73,13 +73,6 @@ time.sleep(600)
 """
 
 
-@pytest.fixture
-def notebook_dir(tmp_path) -> Path:
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    return folder
-
-
 # --- the tests ----------------------------------------------------------------------------------
 
 
