@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import ContainerKernelError
-from .settings import LAUNCHERS, RUNTIMES
+from .settings import ENCRYPTIONS, LAUNCHERS, RUNTIMES
 
 # Command-line spelling of the settings, shared by the CLI and the %%container magic:
 # (flags, trait, argparse keywords with a help that fits every face).
@@ -48,16 +48,25 @@ ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
 ]  # fmt: skip
 
 
-def add_settings_arguments(add_argument) -> None:
-    """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments')."""
-    for flags, trait, keywords in ARGUMENTS:
+# What only a kernel has (the CLI's spec commands; a %%container cell has no channels).
+KERNEL_ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
+    (("--encryption",), "encryption", {"choices": ENCRYPTIONS, "help": (
+        "CurveZMQ encryption of a kernel on another node's channels: auto (where the image's "
+        "ipykernel applies it), required (else the start fails), off.")}),
+]  # fmt: skip
+
+
+def add_settings_arguments(add_argument, kernel: bool = False) -> None:
+    """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments'), with
+    the kernel's own too if `kernel`."""
+    for flags, trait, keywords in [*ARGUMENTS, *(KERNEL_ARGUMENTS if kernel else ())]:
         add_argument(*flags, dest=trait, **keywords)
 
 
 def settings_from_arguments(namespace) -> dict:
     """The settings given on a command line (flags left out are absent, not defaults)."""
     values = {}
-    for _, trait, _ in ARGUMENTS:
+    for _, trait, _ in [*ARGUMENTS, *KERNEL_ARGUMENTS]:
         value = getattr(namespace, trait, None)
         if value is None:
             continue

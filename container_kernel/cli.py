@@ -39,9 +39,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         effective = ContainerSettings(config=site_config(), image=image, **flags)
         facts = require_ipykernel(probe(effective, args.python), args.python, image)
         debugger = f"debugpy {facts.debugpy}" if facts.debugger else "no debugger"
+        encryption = "encryptable channels" if facts.curve else "no encryption (ipykernel < 7)"
         print(
             f"checking {image}: {facts.executable} {facts.python}, "
-            f"ipykernel {facts.ipykernel}, {debugger}"
+            f"ipykernel {facts.ipykernel}, {debugger}, {encryption}"
         )
     elif "://" not in image and not Path(image).exists():
         print(
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="Do not run the image first: it may not exist yet (a warning).",
     )
-    add_settings_arguments(install.add_argument)
+    add_settings_arguments(install.add_argument, kernel=True)
     install.set_defaults(run=cmd_install)
 
     sync = commands.add_parser(
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Run each image's Python first (slower); a failing image is skipped.",
     )
-    add_settings_arguments(sync.add_argument)
+    add_settings_arguments(sync.add_argument, kernel=True)
     sync.set_defaults(run=cmd_sync)
 
     listing = commands.add_parser("list", help="List installed container kernel specs.",
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.add_argument("target", metavar="NAME|IMAGE", help="A kernel spec's name, or an image.")
     _add_python(check, default=None)
-    add_settings_arguments(check.add_argument)
+    add_settings_arguments(check.add_argument, kernel=True)
     check.set_defaults(run=cmd_check)
 
     remove = commands.add_parser(

@@ -57,7 +57,8 @@ def kernel_dict(
     or through the launcher its argv names where a client ignores provisioners.
 
     `facts` (the probe's, None: not probed) turn frozen modules off where ipykernel's own spec
-    would, and turn the debugger on where the image can debug; `mark` goes in the metadata."""
+    would, turn the debugger on where the image can debug and declare the encryption its
+    ipykernel applies; `mark` goes in the metadata."""
     python_arguments = facts.python_arguments if facts else []
     inner = [interpreter, *python_arguments, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     ours = dict(mark or {})
@@ -70,6 +71,8 @@ def kernel_dict(
             "config": non_default_settings(settings),
         },
     }
+    if facts and facts.encryption:
+        metadata["supported_encryption"] = facts.encryption
     if ours:
         metadata[MARK] = ours
     return {

@@ -2,7 +2,9 @@
 
 The answers decide details of the kernel spec: `-Xfrozen_modules=off` on CPython >= 3.11 (as
 ipykernel's own kernelspec does, so debugpy does not print its frozen-modules warning at every
-start) and `metadata.debugger` (ipykernel >= 6 with debugpy importable inside).
+start), `metadata.debugger` (ipykernel >= 6 with debugpy importable inside) and
+`metadata.supported_encryption` (an ipykernel that applies CurveZMQ keys, 7.x, on a pyzmq built
+with CURVE).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ try:
 except Exception as err:
     facts["error"] = f"{type(err).__name__}: {err}"
 try:
+    import zmq
+    from ipykernel.kernelapp import IPKernelApp
+    facts["curve"] = zmq.has("curve") and "curve_secretkey" in IPKernelApp.class_trait_names()
+except Exception:
+    pass
+try:
     import debugpy
     facts["debugpy"] = debugpy.__version__
 except Exception:
@@ -43,6 +51,7 @@ class Facts:
     implementation: str = "CPython"
     ipykernel: str | None = None
     debugpy: str | None = None
+    curve: bool = False
     executable: str = ""
     error: str = ""
 
@@ -50,6 +59,12 @@ class Facts:
     def debugger(self) -> bool:
         """JupyterLab's debugger needs ipykernel >= 6 and debugpy in the kernel's Python."""
         return _version(self.ipykernel) >= (6,) and self.debugpy is not None
+
+    @property
+    def encryption(self) -> list[str]:
+        """What `metadata.supported_encryption` declares: jupyter_client then provisions
+        CurveZMQ keys (see settings `encryption`), which only such a kernel applies."""
+        return ["curve"] if self.curve else []
 
     @property
     def python_arguments(self) -> list[str]:
@@ -60,7 +75,7 @@ class Facts:
 
     def recorded(self) -> dict[str, str | None]:
         """What a kernel spec keeps of them (metadata.container_kernel.probe)."""
-        keep = ("python", "implementation", "ipykernel", "debugpy")
+        keep = ("python", "implementation", "ipykernel", "debugpy", "curve")
         return {key: value for key, value in asdict(self).items() if key in keep}
 
     @classmethod
@@ -71,6 +86,7 @@ class Facts:
             implementation=str(values.get("implementation") or ""),
             ipykernel=values.get("ipykernel"),
             debugpy=values.get("debugpy"),
+            curve=values.get("curve") is True,
             executable=str(values.get("executable") or ""),
             error=str(values.get("error") or ""),
         )

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.provisioning import LocalProvisioner
 
 from . import processes
@@ -40,9 +41,14 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
         if isinstance(self._container, SlurmKernel):  # a restart: the last node's address is
             self.parent.ip = self._container.server_ip  # not ours (LocalProvisioner checks)
+        encrypt = self.launcher == "slurm" and self.encryption != "off" and self._spec_encrypts()
+        if encrypt:  # (LocalProvisioner makes the keys; they go to the node with the key)
+            kwargs["transport_encryption"] = "auto"
         kwargs = await super().pre_launch(**kwargs)
         cwd = self._kernel_cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         try:
+            if self.launcher == "slurm" and self.encryption == "required" and not encrypt:
+                raise ContainerKernelError(self._cannot_encrypt())
             launch = self._plan(kwargs, cwd)
         except (ContainerKernelError, OSError) as err:
             message = str(err) if isinstance(err, ContainerKernelError) else _os_message(err)
@@ -81,6 +87,25 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             # launch_kernel() sets JPY_PARENT_PID on the runtime; the kernel needs it too.
             host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
             named_env=list(self.kernel_spec.env),
+        )
+
+    def _spec_encrypts(self) -> bool:
+        """Whether the spec declares an ipykernel that applies CurveZMQ keys (and ours can)."""
+        declared = (self.kernel_spec.metadata or {}).get("supported_encryption") or ()
+        declared = [declared] if isinstance(declared, str) else declared
+        return "curve" in {str(item).lower() for item in declared} and zmq.has("curve")
+
+    def _cannot_encrypt(self) -> str:
+        why = (
+            "this server's pyzmq has no CURVE support"
+            if not zmq.has("curve")
+            else "its kernel spec does not declare metadata.supported_encryption ['curve']: the "
+            "image needs ipykernel 7 (reinstall the spec with `container-kernel install`, which "
+            "detects it)"
+        )
+        return (
+            f"Encrypted channels are required (encryption = 'required') for a kernel on a "
+            f"compute node, but {why}."
         )
 
     def _has_restarter(self) -> bool:

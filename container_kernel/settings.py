@@ -30,6 +30,7 @@ from .runtimes.base import parse_bind
 HOME_MODES = ("persistent", "temporary", "none")
 RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
 LAUNCHERS = ("local", "slurm")
+ENCRYPTIONS = ("auto", "required", "off")
 
 
 class ContainerSettings(LoggingConfigurable):
@@ -129,6 +130,17 @@ class ContainerSettings(LoggingConfigurable):
         config=True,
         help="""Seconds a Slurm job may wait in the queue before the start fails (the job is
         cancelled and the message names Slurm's reason).""",
+    )
+    encryption = CaselessStrEnum(
+        ENCRYPTIONS,
+        default_value="auto",
+        config=True,
+        help="""CurveZMQ encryption of the channels of a kernel on another node (launcher slurm),
+        whose traffic crosses the cluster's network: 'auto' encrypts where the kernel spec declares
+        it (metadata.supported_encryption, written by `container-kernel install` for an image
+        whose ipykernel applies it, 7.x), 'required' also fails a start that cannot be encrypted,
+        'off' leaves it to jupyter_client's KernelManager.transport_encryption, which also governs
+        local kernels.""",
     )
     locked = List(
         Unicode(),

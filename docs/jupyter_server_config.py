@@ -18,5 +18,8 @@ c.ContainerSettings.env = {
 c.ContainerSettings.binds = [os.environ.get("SCRATCH", "/scratch")]
 # Let the scheduler's variables in (a glob never admits tokens, keys or proxies).
 c.ContainerSettings.pass_env = ["SLURM_*"]
+# Kernels on compute nodes: their channels cross the cluster's network encrypted, or they do not
+# start (images need ipykernel 7; `container-kernel install` says whether an image has it).
+c.ContainerSettings.encryption = "required"
 # What no kernel spec, cell or command line may change here.
-c.ContainerSettings.locked = ["cleanenv", "share_tmp"]
+c.ContainerSettings.locked = ["cleanenv", "share_tmp", "encryption"]

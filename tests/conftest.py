@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,21 @@ def image() -> Path:
         check=False,
     )
     assert out.returncode == 0, f"building the test image failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def ipykernel7_image(image) -> Path:
+    """The test image plus ipykernel 7 from PyPI (`scripts/build-image --ipykernel7`): a kernel
+    that applies CurveZMQ keys."""
+    out = subprocess.run(
+        [REPO / "scripts" / "build-image", "--ipykernel7"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable, "BASE_IMAGE": str(image)},
+    )
+    assert out.returncode == 0, f"building the ipykernel 7 image failed:\n{out.stderr}"
     return Path(out.stdout.strip())
 
 

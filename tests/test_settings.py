@@ -124,6 +124,8 @@ def test_the_documented_site_config_as_it_is(tmp_path, monkeypatch, kernel_spec)
     monkeypatch.setenv("SLURM_FAKE_TOKEN", "secret")
     with pytest.raises(ContainerKernelError, match="The site fixes `cleanenv`"):
         ContainerSettings(config=site_config(), cleanenv=False)
+    with pytest.raises(ContainerKernelError, match="The site fixes `encryption`"):
+        ContainerSettings(config=site_config(), encryption="off")
     name = kernel_spec(env={"OMP_NUM_THREADS": "8"})  # a spec for a compute node's cores
     with running_kernel(name, str(tmp_path), config=site_config()) as (_, kc):
         out = run(
