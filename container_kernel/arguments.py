@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 
 from .errors import ContainerKernelError
+from .gpus import GPU_MODES
 from .settings import ENCRYPTIONS, LAUNCHERS, RUNTIMES
+
+
+def _gpu_value(text: str) -> str:
+    """`--gpu VALUE`: a bare `--gpu` takes the next word, so a wrong one says how to avoid it."""
+    if text.lower() not in GPU_MODES:
+        msg = (
+            f"takes {', '.join(GPU_MODES)}, not {text!r} (a bare --gpu before IMAGE or COMMAND: "
+            "write --gpu=nvidia)"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text.lower()
+
 
 # Command-line spelling of the settings, shared by the CLI and the %%container magic:
 # (flags, trait, argparse keywords with a help that fits every face).
@@ -30,9 +43,18 @@ ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
     (("--cleanenv",), "cleanenv", {"action": argparse.BooleanOptionalAction, "help": (
         "Start from a clean environment (the default); --no-cleanenv lets the whole host "
         "environment in, tokens included.")}),
-    (("--gpu",), "gpu", {"action": argparse.BooleanOptionalAction, "help": (
-        "Make the host's NVIDIA GPUs usable inside (--nv); pass CUDA_VISIBLE_DEVICES with "
-        "--pass-env. Not with ch-run.")}),
+    (("--gpu",), "gpu", {"nargs": "?", "const": "nvidia", "type": _gpu_value,
+        "metavar": "none|nvidia|amd|auto", "help": (
+        "GPUs inside: nvidia (bare --gpu: --nv; ch-run: an image prepared with `ch-fromhost "
+        "--nvidia IMAGE`), amd (--rocm), auto (what the machine running it has) or none; "
+        "the variables saying which GPUs were allocated (CUDA_VISIBLE_DEVICES, "
+        "ROCR_VISIBLE_DEVICES, SLURM_*GPU*...) go in with them.")}),
+    (("--no-gpu",), "gpu", {"action": "store_const", "const": "none", "help": (
+        "No GPUs inside (the default): the same as --gpu none.")}),
+    (("--threads",), "threads", {"type": int, "metavar": "N", "help": (
+        "Threads for numerical libraries inside (OMP_NUM_THREADS, MKL_NUM_THREADS, "
+        "OPENBLAS_NUM_THREADS, NUMEXPR_NUM_THREADS; --env wins), and with --launcher slurm "
+        "as many CPUs (--cpus-per-task, unless a --slurm-arg gives -c/--cpus-per-task).")}),
     (("--share-tmp",), "share_tmp", {"action": argparse.BooleanOptionalAction, "help": (
         "Share the host's /tmp with the container; by default it gets a private /tmp of its "
         "own.")}),

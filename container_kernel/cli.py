@@ -10,12 +10,11 @@ from pathlib import Path
 
 from traitlets import TraitError
 
-from . import doctor, kernelspec
+from . import doctor, installer, kernelspec
 from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError
 from .homes import persistent_home_path
 from .launch import check_image
-from .probe import probe, require_ipykernel
 from .settings import ContainerSettings, site_config
 from .sync import Sync
 
@@ -28,35 +27,45 @@ EPILOG = """examples:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    """The spec says only what the flags say: the site's settings apply when it runs, so they
-    reach the image check here, never the kernel.json."""
+    """One spec per kernel the image has (see installer.py). The spec says only what the flags
+    say: the site's settings apply when it runs, so they reach the image check here, never the
+    kernel.json."""
     flags = settings_from_arguments(args)
     image = check_image(args.image) if args.check else _absolute(args.image)
     settings = ContainerSettings(image=image, **flags)  # the spec's own: no site settings
-    name = (args.name or kernelspec.default_kernel_name(args.image)).lower()  # as jupyter_client
-    facts = None
     if args.check:
         effective = ContainerSettings(config=site_config(), image=image, **flags)
-        facts = require_ipykernel(probe(effective, args.python), args.python, image)
-        debugger = f"debugpy {facts.debugpy}" if facts.debugger else "no debugger"
-        encryption = "encryptable channels" if facts.curve else "no encryption (ipykernel < 7)"
-        print(
-            f"checking {image}: {facts.executable} {facts.python}, "
-            f"ipykernel {facts.ipykernel}, {debugger}, {encryption}"
+        found = installer.plan_kernels(
+            settings, effective, interpreter=args.python, display_name=args.display_name
         )
-    elif "://" not in image and not Path(image).exists():
-        print(
-            f"container-kernel install: warning: {image} does not exist (yet); its kernel will "
-            "not start until it does.",
-            file=sys.stderr,
-        )
-    spec = kernelspec.kernel_dict(settings, args.display_name, args.python, facts)
+        installer.report(image, found)
+        if args.list_kernels:
+            return 0
+        planned = installer.choose(found, args.kernel)
+    else:
+        if args.list_kernels or args.kernel:
+            msg = "--list-kernels and --kernel look into the image: not with --no-check."
+            raise ContainerKernelError(msg)
+        if "://" not in image and not Path(image).exists():
+            print(
+                f"container-kernel install: warning: {image} does not exist (yet); its kernel "
+                "will not start until it does.",
+                file=sys.stderr,
+            )
+        interpreter = args.python or "python3"
+        spec = kernelspec.kernel_dict(settings, args.display_name, interpreter)
+        found = planned = [installer.Planned(installer.PYTHON_KERNEL, spec)]
+    base = (args.name or kernelspec.default_kernel_name(args.image)).lower()  # as jupyter_client
     where = _where(args)
-    if kernelspec.installed_unchanged(spec, kernelspec.destination(name, **where)):
-        print(f"Kernel spec {name!r} is installed already, unchanged.")
-        return 0
-    folder = kernelspec.install(spec, name, **where)
-    print(f"Installed kernel spec {name!r} ({spec['display_name']}) in {folder}")
+    for item in planned:
+        name = installer.spec_name(base, item.kernel, found)
+        if kernelspec.installed_unchanged(
+            item.spec, kernelspec.destination(name, **where), item.logos
+        ):
+            print(f"Kernel spec {name!r} is installed already, unchanged.")
+            continue
+        folder = kernelspec.install(item.spec, name, logos=item.logos, **where)
+        print(f"Installed kernel spec {name!r} ({item.spec['display_name']}) in {folder}")
     return 0
 
 
@@ -171,9 +180,11 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
                        help=f"Install to Python's sys.prefix ({sys.prefix}).")  # fmt: skip
 
 
-def _add_python(parser: argparse.ArgumentParser, default: str | None = "python3") -> None:
-    parser.add_argument("--python", default=default, metavar="INTERPRETER",
-                        help="The interpreter inside the image (default: python3).")  # fmt: skip
+def _add_python(
+    parser: argparse.ArgumentParser, default: str | None = "python3", detail: str = ""
+) -> None:
+    parser.add_argument("--python", default=default, metavar="INTERPRETER", help=(
+        f"The Python inside the image ({detail or 'default: python3'})."))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     install = commands.add_parser(
         "install", help="Install a kernel spec for an image.",
-        description="Install a kernel spec that runs ipykernel inside IMAGE. The image is "
-        "checked first: its Python must import ipykernel.",
+        description="Install a kernel spec for each kernel IMAGE has: the kernel specs it "
+        "ships (R's IRkernel...) and its python3 with ipykernel. The image is run first to "
+        "find them; one kernel is named after the image, several IMAGE-KERNEL.",
     )  # fmt: skip
     install.add_argument(
         "image",
@@ -195,7 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("--name", help="The kernel spec's name (default: the image's file name).")
     install.add_argument("--display-name", default="", help="The name shown in JupyterLab.")
-    _add_python(install)
+    _add_python(install, default=None, detail="default: every kernel found in the image")
+    install.add_argument(
+        "--kernel",
+        action="append",
+        metavar="KERNEL",
+        help=(
+            "Install only this kernel of the image (its folder's name: ir, python3; repeatable)."
+        ),
+    )
+    install.add_argument("--list-kernels", action="store_true",
+                         help="Only show the kernels found in the image.")  # fmt: skip
     _add_destination(install)
     install.add_argument(
         "--no-check",
@@ -213,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(only specs sync made). One line per spec; safe to run from cron.",
     )  # fmt: skip
     sync.add_argument("folder", metavar="DIR", help="The folder of images.")
-    _add_python(sync)
+    _add_python(sync, default=None, detail="default: every kernel found, with --check")
     _add_destination(sync)
     sync.add_argument(
         "--dry-run", action="store_true", help="Print what would change, and change nothing."

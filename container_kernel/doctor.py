@@ -20,11 +20,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import TraitError
 
-from . import kernelspec
+from . import gpus, kernelspec
 from .errors import ContainerKernelError
 from .kernel import command_inside
 from .probe import Facts, probe
 from .runtimes import Runtime, find_runtime
+from .runtimes.charliecloud import gpu_refusal
 from .settings import ContainerSettings, site_config
 from .sync import image_kind
 
@@ -56,7 +57,11 @@ def check_spec(name: str, entry: dict[str, Any], report: Report) -> None:
         report.fail("settings", f"{err} - fix metadata.kernel_provisioner.config in kernel.json")
         return
     interpreter = command_inside(spec["argv"])[0]
-    if _environment(settings, interpreter, report):
+    if str(spec.get("language", "python")).lower() == "python":
+        ready = _environment(settings, interpreter, report)
+    else:  # its kernel's start says the rest (kernel_info answers for every language)
+        ready = _runtime(settings, report) is not None and _image(settings.image, report)
+    if ready:
         _start(report, lambda: KernelManager(kernel_name=name, config=site_config()))
 
 
@@ -119,17 +124,18 @@ def _runtime(settings: ContainerSettings, report: Report) -> Runtime | None:
     flavour = runtime.flavour
     if not hasattr(flavour, "has_no_eval"):  # ch-run
         report.ok("no-eval", "values go in from a file, with --env-no-expand")
-        if settings.gpu:
-            report.fail("GPUs", "ch-run has no GPU flag - use Apptainer, or turn `gpu` off")
+        if refusal := gpu_refusal(settings.image, gpus.vendor(settings.gpu)):
+            report.fail("GPUs", refusal)
         else:
-            report.ok("GPUs", "none through ch-run (add the host's libraries: ch-fromhost)")
+            report.ok("GPUs", f"{settings.gpu} (NVIDIA: an image prepared once with "
+                      "`ch-fromhost --nvidia IMAGE`)")  # fmt: skip
         return runtime
     if flavour.has_no_eval:
         report.ok("no-eval", "yes, values go in literally (--no-eval)")
     else:
         report.ok("no-eval", f"not in {flavour}: values go in from a file /bin/sh reads inside")
-    report.ok("GPUs", f"NVIDIA with --nv (gpu is {'on' if settings.gpu else 'off'}), AMD with "
-              "--runtime-arg=--rocm")  # fmt: skip
+    report.ok("GPUs", f"{settings.gpu} (NVIDIA with --nv, AMD with --rocm, auto: this "
+              "machine's)")  # fmt: skip
     return runtime
 
 

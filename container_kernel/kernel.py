@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import homes, processes, sessions
+from . import homes, languages, processes, sessions
 from .launch import Launch, plan, private_mount
 from .sessions import Session
 from .settings import ContainerSettings
@@ -48,9 +48,10 @@ def command_inside(cmd: Sequence[str]) -> list[str]:
 class KernelContainer:
     """The container side of one kernel (one kernel spec name, many restarts)."""
 
-    def __init__(self, settings: ContainerSettings, kernel_name: str) -> None:
+    def __init__(self, settings: ContainerSettings, kernel_name: str, language: str = "") -> None:
         self.settings = settings
         self.kernel_name = kernel_name or "default"
+        self.language = language  # the spec's: what it needs inside (languages.py)
         self.session: Session | None = None
         self.temporary_home: Path | None = None
         self.created_home: Path | None = None  # a persistent home this kernel's start created
@@ -74,14 +75,18 @@ class KernelContainer:
             self.session.kill_processes()  # a restart: what the last kernel left, setsid'd too
         if connection_file is not None:  # (a cell has none)
             command = self._private_connection_file(command, connection_file)
+        home = self._home()
+        languages.prepare_home(self.language, home)
+        inside = homes.home_inside() if home is not None else None
         launch = plan(
             self.settings,
             command,
             cwd=cwd,
-            home=self._home(),
+            home=home,
             host_env=host_env,
             session=self.session,
             named_env=named_env,
+            env_defaults=languages.environment(self.language, home_inside=inside, cwd=cwd),
         )
         self.forwards_signals = launch.runtime.forwards_signals
         return launch

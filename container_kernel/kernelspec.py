@@ -16,6 +16,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
+from .image_kernels import ImageKernel
 from .kernel import spec_argv
 from .probe import Facts
 from .settings import ContainerSettings, site_config
@@ -77,12 +78,45 @@ def kernel_dict(
         metadata[MARK] = ours
     return {
         "argv": spec_argv(inner),
-        "display_name": display_name or f"Python 3 ({Path(settings.image.rstrip('/')).name})",
+        "display_name": display_name or f"Python 3 ({image_label(settings.image)})",
         "language": "python",
         "interrupt_mode": "signal",
         "env": {},
         "metadata": metadata,
     }
+
+
+def image_kernel_dict(
+    settings: ContainerSettings,
+    found: ImageKernel,
+    display_name: str = "",
+    mark: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The kernel.json for a kernel spec the image ships (IRkernel's...): its own argv, language
+    and metadata, run inside through the provisioner like a Python kernel."""
+    own = {k: v for k, v in (found.spec.get("metadata") or {}).items() if k != "kernel_provisioner"}
+    metadata = {
+        **own,
+        "kernel_provisioner": {
+            "provisioner_name": PROVISIONER_NAME,
+            "config": non_default_settings(settings),
+        },
+        MARK: {**(mark or {}), "image_kernel": found.path, "image_spec": found.spec},
+    }
+    shown = found.spec.get("display_name") or found.name
+    return {
+        "argv": spec_argv(found.argv),
+        "display_name": display_name or f"{shown} ({image_label(settings.image)})",
+        "language": found.language,
+        "interrupt_mode": found.spec.get("interrupt_mode", "signal"),
+        "env": dict(found.spec.get("env") or {}),
+        "metadata": metadata,
+    }
+
+
+def image_label(image: str) -> str:
+    """How display names name an image: its file or folder name."""
+    return Path(image.rstrip("/")).name
 
 
 def logo_files() -> dict[str, bytes]:
@@ -94,11 +128,12 @@ def logo_files() -> dict[str, bytes]:
     return {name: (resources / name).read_bytes() for name in LOGOS if (resources / name).is_file()}
 
 
-def write_kernel_spec(folder: Path, spec: dict[str, Any]) -> Path:
-    """Write the logos, then kernel.json, each file replaced atomically: a client listing specs
-    meanwhile sees the old spec or the new one, and a new folder only once it is whole."""
+def write_kernel_spec(folder: Path, spec: dict[str, Any], logos: dict | None = None) -> Path:
+    """Write the logos (None: Python's), then kernel.json, each file replaced atomically: a
+    client listing specs meanwhile sees the old spec or the new one, and a new folder only once
+    it is whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in logo_files().items():
+    for name, data in (logo_files() if logos is None else logos).items():
         _replace_file(folder / name, data)
     _replace_file(folder / "kernel.json", (json.dumps(spec, indent=2) + "\n").encode())
     return folder
@@ -121,11 +156,11 @@ def read_spec(folder: Path) -> dict[str, Any] | None:
     return spec if isinstance(spec, dict) else None
 
 
-def installed_unchanged(spec: dict[str, Any], folder: Path) -> bool:
+def installed_unchanged(spec: dict[str, Any], folder: Path, logos: dict | None = None) -> bool:
     """True when `folder` already holds exactly this spec and its logos: nothing to rewrite."""
     if read_spec(folder) != spec:
         return False
-    for name, data in logo_files().items():
+    for name, data in (logo_files() if logos is None else logos).items():
         try:
             if (folder / name).read_bytes() != data:
                 return False
@@ -147,11 +182,16 @@ def destination(name: str, *, user: bool = True, prefix: str | None = None) -> P
 
 
 def install(
-    spec: dict[str, Any], name: str, *, user: bool = True, prefix: str | None = None
+    spec: dict[str, Any],
+    name: str,
+    *,
+    user: bool = True,
+    prefix: str | None = None,
+    logos: dict | None = None,
 ) -> str:
     """Install through jupyter_client (its folders, its name rules); returns the spec's folder."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_kernel_spec(Path(tmp, name), spec)
+        folder = write_kernel_spec(Path(tmp, name), spec, logos)
         return KernelSpecManager().install_kernel_spec(
             str(folder), kernel_name=name, user=user and not prefix, prefix=prefix
         )

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import gpus
 from .environment import container_environment
 from .errors import ContainerKernelError
 from .homes import home_inside
@@ -110,12 +111,14 @@ def build_request(
     session: Session,
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
+    env_defaults: Mapping[str, str] | None = None,
 ) -> ExecRequest:
     """Everything the runtime needs to know, decided once for every backend.
 
     `home` is the host folder of the fake home (None: no home mount); `session` the launch's
     private folder and mark; `named_env` names host variables the caller owns (a kernel spec's
-    `env`); `extra_binds` are the caller's own.
+    `env`); `extra_binds` are the caller's own; `env_defaults` are values inside that anything
+    the user names wins over (a kernel language's needs).
     """
     inside_home = home_inside() if home is not None else None
     workdir = workdir_mount(cwd, inside_home)
@@ -134,7 +137,9 @@ def build_request(
     env = container_environment(
         host_env, named=named_env, patterns=settings.pass_env, values=settings.env
     )
-    env.update(session.environment)
+    gpu = gpus.vendor(settings.gpu)  # `auto`: this machine's, where the container runs
+    hints = {**gpus.thread_variables(settings.threads), **gpus.allocated(gpu, host_env)}
+    env = {**(env_defaults or {}), **hints, **env, **session.environment}
     private_tmp = not settings.share_tmp
     return ExecRequest(
         image=check_image(settings.image),
@@ -144,7 +149,7 @@ def build_request(
         home=Bind(str(home), inside_home, staging="home") if home and inside_home else None,
         workdir=workdir.dst if workdir else "/",
         cleanenv=settings.cleanenv,
-        gpu=settings.gpu,
+        gpu=gpu,
         extra_args=list(settings.runtime_args),
         tmp=str(session.tmp) if private_tmp else None,
         var_tmp=str(session.var_tmp) if private_tmp else None,
@@ -163,6 +168,7 @@ def plan(
     session: Session,
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
+    env_defaults: Mapping[str, str] | None = None,
 ) -> Launch:
     """The whole command that runs `command` in the container (arguments: see build_request).
 
@@ -172,7 +178,7 @@ def plan(
     runtime = find_runtime(settings.runtime, settings.runtime_path)
     request = build_request(
         settings, command, cwd=cwd, home=home, host_env=host_env, session=session,
-        named_env=named_env, extra_binds=extra_binds,
+        named_env=named_env, extra_binds=extra_binds, env_defaults=env_defaults,
     )  # fmt: skip
     command = runtime.exec_command(request, host_env)
     for path, text in command.files.items():

@@ -88,7 +88,7 @@ def _container(spec_dir: Path) -> tuple[KernelContainer, dict]:
             "it (use JupyterLab, Notebook or nbclient, or a spec with launcher=local)."
         )
         raise ContainerKernelError(msg)
-    return KernelContainer(settings, spec_dir.name), spec
+    return KernelContainer(settings, spec_dir.name, spec.get("language", "")), spec
 
 
 def _run(container: KernelContainer, launch: Launch) -> int:

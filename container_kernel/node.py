@@ -38,7 +38,7 @@ from .slurm import PORTS
 def main() -> int:
     request = json.loads(sys.stdin.readline())
     settings = ContainerSettings(**{**request["settings"], "launcher": "local"})
-    container = KernelContainer(settings, request["kernel_name"])
+    container = KernelContainer(settings, request["kernel_name"], request.get("language", ""))
     if request.get("mode") == "cell":
         return _cell(container, request)
     process = None

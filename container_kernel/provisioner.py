@@ -75,10 +75,11 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             raise ContainerKernelError(msg)
         if self._container is None:
             name = getattr(self.parent, "kernel_name", "")
+            language = self.kernel_spec.language or ""
             self._container = (
-                SlurmKernel(self, name, self.log)
+                SlurmKernel(self, name, self.log, language)
                 if self.launcher == "slurm"
-                else KernelContainer(self, name)
+                else KernelContainer(self, name, language)
             )
         return self._container.prepare(
             command_inside(self._command_inside(kwargs["cmd"])),

@@ -6,6 +6,7 @@ Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_
 
 from __future__ import annotations
 
+import contextlib
 import os
 from difflib import get_close_matches
 from pathlib import Path
@@ -16,6 +17,7 @@ from traitlets import (
     CaselessStrEnum,
     Dict,
     Float,
+    Integer,
     List,
     TraitError,
     Unicode,
@@ -25,12 +27,26 @@ from traitlets import (
 from traitlets.config import LoggingConfigurable
 
 from .errors import ContainerKernelError
+from .gpus import GPU_MODES, gpu_mode
 from .runtimes.base import parse_bind
 
 HOME_MODES = ("persistent", "temporary", "none")
 RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
 LAUNCHERS = ("local", "slurm")
 ENCRYPTIONS = ("auto", "required", "off")
+
+
+class GpuMode(CaselessStrEnum):
+    """The `gpu` setting: one of GPU_MODES, or one of its old booleans (true means nvidia)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(GPU_MODES, default_value="none", **kwargs)
+
+    def validate(self, obj, value):
+        if isinstance(value, (bool, str)):
+            with contextlib.suppress(ValueError):
+                return gpu_mode(value)
+        return self.error(obj, value)  # (raises TraitError, naming the choices)
 
 
 class ContainerSettings(LoggingConfigurable):
@@ -93,11 +109,24 @@ class ContainerSettings(LoggingConfigurable):
         help="""Where persistent fake homes live, one folder per kernel spec.
         Default: <jupyter data dir>/container-kernel/homes.""",
     )
-    gpu = Bool(
-        False,
+    gpu = GpuMode(
         config=True,
-        help="""Make the host's NVIDIA GPUs usable inside (--nv). Pass CUDA_VISIBLE_DEVICES with
-        pass_env if the scheduler sets it. For AMD, add '--rocm' to runtime_args.""",
+        help="""GPUs inside: 'none', 'nvidia' (--nv; ch-run: an image prepared once with
+        `ch-fromhost --nvidia IMAGE`), 'amd' (--rocm; not with ch-run) or 'auto' (what the
+        machine that runs the container has, by its /dev/nvidia* or /dev/kfd). With a GPU, the
+        host's variables that say which GPUs were allocated go in too: CUDA_VISIBLE_DEVICES and
+        NVIDIA_VISIBLE_DEVICES, or ROCR_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES and
+        GPU_DEVICE_ORDINAL, and Slurm's SLURM_*GPU*. true means 'nvidia', false 'none'.""",
+    )
+    threads = Integer(
+        None,
+        allow_none=True,
+        min=1,
+        config=True,
+        help="""Threads for the numerical libraries inside: sets OMP_NUM_THREADS, MKL_NUM_THREADS,
+        OPENBLAS_NUM_THREADS and NUMEXPR_NUM_THREADS (a value in `env` or `pass_env` wins), and with
+        launcher 'slurm' asks for as many CPUs (srun --cpus-per-task; a -c/--cpus-per-task in
+        slurm_args wins). Unset by default.""",
     )
     runtime_args = List(
         Unicode(),
@@ -172,10 +201,10 @@ class ContainerSettings(LoggingConfigurable):
                 combined = {**current, **value}
             else:
                 combined = value
-            if name in self.locked and combined != current:
+            setattr(self, name, combined)  # validated, normalised (gpu: true is "nvidia")
+            if name in self.locked and getattr(self, name) != current:
                 msg = f"The site fixes `{name}` ({current!r}): {combined!r} is not allowed here."
                 raise ContainerKernelError(msg)
-            setattr(self, name, combined)
 
     @classmethod
     def _settings(cls) -> set[str]:

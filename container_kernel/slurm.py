@@ -59,9 +59,16 @@ def node_settings(settings: ContainerSettings) -> dict[str, Any]:
 def srun_launch(
     settings: ContainerSettings, name: str, cwd: str, host_env: Mapping[str, str]
 ) -> Launch:
-    """`srun ... PYTHON -m container_kernel.node` and its short environment."""
+    """`srun ... PYTHON -m container_kernel.node` and its short environment; `threads` asks
+    for as many CPUs, unless slurm_args ask for a number themselves (theirs win)."""
+    cpus = []
+    if settings.threads and not any(
+        arg in ("-c", "--cpus-per-task") or arg.startswith(("-c", "--cpus-per-task="))
+        for arg in settings.slurm_args
+    ):
+        cpus = [f"--cpus-per-task={settings.threads}"]
     argv = [
-        "srun", "--job-name", name, "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",
+        "srun", "--job-name", name, "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", *cpus,
         *settings.slurm_args, sys.executable, "-m", "container_kernel.node",
     ]  # fmt: skip
     return Launch(argv, {k: v for k, v in host_env.items() if k in KEPT}, cwd, None)
@@ -129,9 +136,12 @@ class SlurmKernel:
     session = None
     temporary_home = None
 
-    def __init__(self, settings: ContainerSettings, kernel_name: str, log) -> None:
+    def __init__(
+        self, settings: ContainerSettings, kernel_name: str, log, language: str = ""
+    ) -> None:
         self.settings = settings
         self.kernel_name = kernel_name or "default"
+        self.language = language
         self.log = log
         self.job_name = ""
         self.server_ip = ""  # the manager's own address, before the node's replaced it
@@ -166,6 +176,7 @@ class SlurmKernel:
         self.request = {
             "settings": node_settings(self.settings),
             "kernel_name": self.kernel_name,
+            "language": self.language,
             "command": list(command),
             "connection": connection,
             "connection_file": connection_file,  # as the command names it

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import kernelspec
+from . import installer, kernelspec
 from .errors import ContainerKernelError
-from .probe import Facts, probe, require_ipykernel
+from .image_kernels import ImageKernel
+from .kernel import command_inside
+from .probe import Facts
 from .settings import ContainerSettings, site_config
 
 SIF_SUFFIXES = (".sif", ".simg", ".img")
@@ -57,7 +59,7 @@ class Sync:
     folder: Path
     kernels: Path
     flags: dict[str, Any]
-    interpreter: str = "python3"
+    interpreter: str | None = None  # None: every kernel an image has (with --check)
     check: bool = False
     dry_run: bool = False
 
@@ -74,22 +76,26 @@ class Sync:
             ours = {name for name, spec in existing.items() if self._made_by_us(spec)}
             seen: set[str] = set()
             for image in find_images(self.folder):
-                name = kernelspec.default_kernel_name(str(image))
-                if name in seen:
-                    say(f"{'skipped':12} {name:24} {image}: another image here has this name")
-                    continue
-                seen.add(name)
-                if name in existing and name not in ours:
-                    say(f"{'skipped':12} {name:24} {image}: a kernel spec of that name not made by "
-                        "this sync is installed; remove it or rename the image")  # fmt: skip
-                    continue
                 try:
-                    spec = self._spec(image, existing.get(name))
+                    entries = self._specs(image, existing)
                 except ContainerKernelError as err:
+                    name = kernelspec.default_kernel_name(str(image))
+                    seen.add(name)
                     say(f"{'failed':12} {name:24} {err}")
                     failed = True
                     continue
-                self._put(name, spec, new=name not in existing, image=image, say=say)
+                for name, spec, logos in entries:
+                    if name in seen:
+                        say(f"{'skipped':12} {name:24} {image}: another image here has this name")
+                        continue
+                    seen.add(name)
+                    if name in existing and name not in ours:
+                        say(
+                            f"{'skipped':12} {name:24} {image}: a kernel spec of that name not "
+                            "made by this sync is installed; remove it or rename the image"
+                        )
+                        continue
+                    self._put(name, spec, logos, new=name not in existing, image=image, say=say)
             if not seen and ours:  # an unmounted file system looks like this: keep everything
                 say(f"{'kept':12} {len(ours)} specs: {self.folder} holds no image (not mounted?)")
                 return 1
@@ -127,33 +133,57 @@ class Sync:
         mark = (spec.get("metadata") or {}).get(kernelspec.MARK) or {}
         return mark.get("synced_from") == str(self.folder)
 
-    def _spec(self, image: Path, existing: dict[str, Any] | None) -> dict[str, Any]:
-        """The spec `image` should have: probed with --check, else with what the existing
-        spec's check learned, as long as the image is the same file (same mtime)."""
+    def _specs(self, image: Path, existing: dict[str, dict]) -> list[tuple[str, dict, Any]]:
+        """(name, spec, logos) for each kernel of `image`: every kernel it has, with --check (see
+        installer.py); else what an earlier check of this same file (same mtime) learned, or the
+        Python kernel alone, not run."""
         settings = ContainerSettings(image=str(image), **self.flags)  # no site settings baked in
         mtime = image.stat().st_mtime_ns
-        mark: dict[str, Any] = {"synced_from": str(self.folder)}
-        facts = None
+        mark: dict[str, Any] = {"synced_from": str(self.folder), "image_mtime": mtime}
+        base = kernelspec.default_kernel_name(str(image))
         if self.check:
             effective = ContainerSettings(config=site_config(), image=str(image), **self.flags)
-            facts = probe(effective, self.interpreter)
-            require_ipykernel(facts, self.interpreter, str(image))
-            mark["image_mtime"] = mtime
-        elif existing:
-            before = existing.get("metadata", {}).get(kernelspec.MARK) or {}
-            if before.get("image_mtime") == mtime and isinstance(before.get("probe"), dict):
-                facts = Facts.from_dict(before["probe"])
-                mark["image_mtime"] = mtime
-        return kernelspec.kernel_dict(settings, "", self.interpreter, facts, mark)
+            planned = installer.plan_kernels(
+                settings, effective, interpreter=self.interpreter, say=lambda _: None
+            )
+            for item in planned:
+                metadata = item.spec["metadata"]
+                metadata[kernelspec.MARK] = {**metadata.get(kernelspec.MARK, {}), **mark}
+            return [
+                (installer.spec_name(base, p.kernel, planned), p.spec, p.logos) for p in planned
+            ]
+        earlier = {
+            name: spec for name, spec in existing.items()
+            if self._made_by_us(spec) and kernelspec.spec_config(spec).get("image") == str(image)
+            and (spec["metadata"].get(kernelspec.MARK) or {}).get("image_mtime") == mtime
+        }  # fmt: skip
+        if not earlier:
+            del mark["image_mtime"]  # nothing learned from this file
+            spec = kernelspec.kernel_dict(settings, "", self.interpreter or "python3", None, mark)
+            return [(base, spec, None)]
+        return [(name, *self._again(settings, name, spec, mark)) for name, spec in earlier.items()]
 
-    def _put(self, name: str, spec: dict, *, new: bool, image: Path, say) -> None:
+    def _again(self, settings: ContainerSettings, name: str, spec: dict, mark: dict):
+        """A spec an earlier check made, with today's settings (and its logos)."""
+        before = spec["metadata"][kernelspec.MARK]
+        if isinstance(before.get("image_spec"), dict):  # a kernel the image ships
+            path = str(before.get("image_kernel", ""))
+            logos = {n: (self.kernels / name / n).read_bytes() for n in kernelspec.LOGOS
+                     if (self.kernels / name / n).is_file()}  # fmt: skip
+            found = ImageKernel(os.path.basename(path), path, before["image_spec"], logos)
+            return kernelspec.image_kernel_dict(settings, found, mark=mark), logos
+        facts = Facts.from_dict(before["probe"]) if isinstance(before.get("probe"), dict) else None
+        interpreter = command_inside(spec["argv"])[0]
+        return kernelspec.kernel_dict(settings, "", interpreter, facts, mark), None
+
+    def _put(self, name: str, spec: dict, logos, *, new: bool, image: Path, say) -> None:
         folder = self.kernels / name
-        if not new and kernelspec.installed_unchanged(spec, folder):
+        if not new and kernelspec.installed_unchanged(spec, folder, logos):
             say(f"{'unchanged':12} {name:24} {image}")
             return
         self._act("added" if new else "updated", name, str(image), say)
         if not self.dry_run:
-            kernelspec.write_kernel_spec(folder, spec)
+            kernelspec.write_kernel_spec(folder, spec, logos)
 
     def _act(self, verb: str, name: str, detail: str, say) -> None:
         shown = DRY_RUN_VERBS[verb] if self.dry_run else verb

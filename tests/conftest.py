@@ -78,6 +78,20 @@ def ipykernel7_image(image) -> Path:
 
 
 @pytest.fixture(scope="session")
+def r_image(image) -> Path:
+    """The test image plus Debian's R and IRkernel (`scripts/build-image --r`): two kernels."""
+    out = subprocess.run(
+        [REPO / "scripts" / "build-image", "--r"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "BASE_IMAGE": str(image)},
+    )
+    assert out.returncode == 0, f"building the R image failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
 def squashfs_image(image) -> Path:
     """The test image as one SquashFS file (ch-run mounts it with squashfuse), made once, beside
     the image (or in our cache, when the image's folder is someone else's)."""

@@ -66,10 +66,11 @@ def test_install_list_check_remove(isolated, image, runtime):
     folder = isolated / "user" / "kernels" / "stack"
     spec = installed(folder)
     assert spec["display_name"] == "My stack"
-    # the launcher by an absolute path (never PATH), then the kernel's argv inside: the image's
-    # Python is 3.11, so frozen modules go off, as ipykernel's own spec does
+    # the launcher by an absolute path (never PATH), then the kernel's argv inside, with the
+    # interpreter of the image's own Python spec; 3.11, so frozen modules go off, as ipykernel's
+    # own spec does
     assert spec["argv"] == [
-        *LAUNCHER, "python3", "-Xfrozen_modules=off", "-m", "ipykernel_launcher",
+        *LAUNCHER, "/usr/bin/python3", "-Xfrozen_modules=off", "-m", "ipykernel_launcher",
         "-f", "{connection_file}",
     ]  # fmt: skip
     assert spec["metadata"]["kernel_provisioner"] == {

@@ -40,9 +40,9 @@ def test_check_spec_reports_every_fact_and_starts_a_kernel(isolated, image, runt
     assert facts["runtime"].startswith(flavour)
     if runtime == "apptainer":
         assert facts["no-eval"] == "ok yes, values go in literally (--no-eval)"
-        assert facts["GPUs"].startswith("ok NVIDIA with --nv")
+        assert facts["GPUs"].startswith("ok none (NVIDIA with --nv, AMD with --rocm")
     else:
-        assert facts["GPUs"].startswith("ok none through ch-run")
+        assert facts["GPUs"].startswith("ok none (NVIDIA: an image prepared once with")
     assert facts["image"] == f"ok {image} (sandbox folder, readable)"
     assert facts["python"] == "ok /usr/bin/python3 3.11.2 (CPython)"
     assert facts["ipykernel"].startswith("ok 6.")
@@ -92,10 +92,11 @@ def test_check_image_with_settings_flags(isolated, image, runtime):
     facts = lines(out)
     if runtime == "charliecloud":  # ch-run has no GPU flag: the fix says what to do
         assert out.returncode == 1
-        assert facts["GPUs"] == "FAIL ch-run has no GPU flag - use Apptainer, or turn `gpu` off"
+        assert facts["GPUs"].startswith("FAIL ch-run has no GPU flag and ")
+        assert f"`ch-fromhost --nvidia {image}`" in facts["GPUs"]
     else:  # the double warns that there is no GPU, as Apptainer does, and starts
         assert out.returncode == 0, out.stdout
-        assert facts["GPUs"].startswith("ok NVIDIA with --nv (gpu is on)")
+        assert facts["GPUs"].startswith("ok nvidia (NVIDIA with --nv")
         assert facts["kernel"].startswith("ok started")
 
 

@@ -187,7 +187,11 @@ def test_sync_check_probes_and_plain_syncs_keep_what_it_learned(site, image, run
     verbs = {line[1]: line[0] for line in lines}
     assert verbs == {"stack": "added", "bin-only": "failed", "sandbox": "failed"}
     spec = installed(kernels(site) / "stack")
-    assert spec["argv"][len(LAUNCHER) : len(LAUNCHER) + 2] == ["python3", "-Xfrozen_modules=off"]
+    # the interpreter of the image's own Python kernel spec (Debian's python3-ipykernel ships one)
+    assert spec["argv"][len(LAUNCHER) : len(LAUNCHER) + 2] == [
+        "/usr/bin/python3",
+        "-Xfrozen_modules=off",
+    ]
     probe = spec["metadata"]["container_kernel"]["probe"]
     assert probe["python"].startswith("3.11")
     assert spec["metadata"]["debugger"] is (probe["debugpy"] is not None)

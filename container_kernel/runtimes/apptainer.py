@@ -2,11 +2,12 @@
 
 The flavour quirks live here and nowhere else. Every flavour reads `--cleanenv`, `--home SRC:DST`
 (which, unlike `-B SRC:$HOME`, really replaces the home on 2.6 too), `--no-home`, `--bind`,
-`--pwd` and `--nv`. Values go in through the env prefix the flavour reads, with `--no-eval`, where
-it exists (the `--env` flag splits on commas and is missing before 3.6); older flavours evaluate
-them, so there they go through a file that /bin/sh reads inside. Under `--cleanenv` Apptainer
-still passes the host's proxy variables: they are taken out of its environment. A private /tmp
-and /var/tmp are bound over the host's, which Apptainer binds by default.
+`--pwd` and `--nv` (`--rocm` only from Singularity 3.5 on). Values go in through the env prefix
+the flavour reads, with `--no-eval`, where it exists (the `--env` flag splits on commas and is
+missing before 3.6); older flavours evaluate them, so there they go through a file that /bin/sh
+reads inside. Under `--cleanenv` Apptainer still passes the host's proxy variables: they are
+taken out of its environment. A private /tmp and /var/tmp are bound over the host's, which
+Apptainer binds by default.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class Flavour:
     def forwards_signals(self) -> bool:
         """3.x and Apptainer keep a runtime parent that forwards signals; 2.x execs the command."""
         return self.name == "apptainer" or self.version >= (3, 0, 0)
+
+    @property
+    def has_rocm(self) -> bool:
+        """`--rocm` (AMD GPUs) came with Singularity 3.5; every SingularityCE and Apptainer has
+        it. `--nv` (NVIDIA) is in every flavour here, 2.6 included."""
+        return self.name != "singularity" or self.version >= (3, 5, 0)
 
     @property
     def has_no_eval(self) -> bool:
@@ -96,6 +103,18 @@ def _expressible(path: str) -> bool:
     return "," not in path and ":" not in path
 
 
+def _gpu_flag(flavour: Flavour, gpu: str) -> str:
+    """The flag that binds the host's GPU driver into the container (without a GPU, the runtime
+    warns and goes on)."""
+    if gpu != "amd":
+        return "--nv"
+    if not flavour.has_rocm:
+        msg = f"{flavour} has no --rocm for AMD GPUs (Singularity >= 3.5, SingularityCE and "
+        msg += "Apptainer have it): use one of those, or set gpu to none."
+        raise ContainerKernelError(msg)
+    return "--rocm"
+
+
 def exec_command(
     executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
 ) -> Command:
@@ -125,7 +144,7 @@ def exec_command(
     if request.workdir:
         argv += ["--pwd", request.workdir]
     if request.gpu:
-        argv.append("--nv")
+        argv.append(_gpu_flag(flavour, request.gpu))
     argv += [*request.extra_args, request.image]
 
     env = dict(host_env)

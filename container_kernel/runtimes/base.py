@@ -60,7 +60,7 @@ class ExecRequest:
     home: Bind | None = None
     workdir: str | None = None
     cleanenv: bool = True
-    gpu: bool = False
+    gpu: str | None = None  # the GPU vendor, "nvidia" or "amd" (`auto` already decided)
     extra_args: Sequence[str] = ()
     # This launch's own folders: the container's /tmp and /var/tmp on the host (None: the
     # host's are shared); `private`, a folder of ours visible inside (already among `binds`

@@ -3,8 +3,9 @@
 Quirks handled here: ch-run passes the host environment unless told (`--unset-env=*`), expands
 `$` in `--set-env` unless `--env-no-expand`, refuses to start without `$USER`, cannot create a
 mount point: it must exist, in the image or on the host under a bind (/tmp is one), and has no
-read-only binds or GPU flag. Folders the launch layer lets move (`Bind.staging`) are bound under
-a staging folder in `/tmp` when their own path cannot be created; paths in the command follow.
+read-only binds or GPU flag (NVIDIA GPUs need an image prepared once with `ch-fromhost
+--nvidia`). Folders the launch layer lets move (`Bind.staging`) are bound under a staging folder
+in `/tmp` when their own path cannot be created; paths in the command follow.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from ..errors import ContainerKernelError
 from .base import Bind, Command, ExecRequest, with_user
 
 EXECUTABLES = ("ch-run",)
+# The NVIDIA driver's CUDA library, which `ch-fromhost --nvidia` puts in an image, and where it
+# may be found in an image without an ld.so.cache.
+NVIDIA_LIBRARY = "libcuda.so.1"
+LIBRARY_FOLDERS = ("usr/local/lib", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
+                   "usr/lib64", "usr/lib", "lib64", "lib")  # fmt: skip
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -117,13 +123,39 @@ def _env_file(env: Mapping[str, str]) -> str:
     return "".join(lines)
 
 
+def gpu_refusal(image: str, gpu: str | None) -> str | None:
+    """Why ch-run cannot give `gpu` (a vendor, None: none) with this image; None if it can."""
+    if gpu == "amd":
+        return (
+            "ch-run cannot give AMD GPUs: it has no GPU flag, and ch-fromhost adds NVIDIA's "
+            "libraries only (--nvidia); use Apptainer (--rocm)."
+        )
+    path = Path(image)
+    if gpu and not (_is_squashfs(path) or _has_nvidia_libraries(path)):
+        return (
+            f"ch-run has no GPU flag and {path} lacks the host's NVIDIA libraries: add them "
+            f"once with `ch-fromhost --nvidia {path}` on a GPU node, or use Apptainer."
+        )
+    return None
+
+
 def _refuse_unsupported(request: ExecRequest) -> None:
-    if request.gpu:
-        msg = "ch-run has no GPU flag: add the host's GPU libraries to the image (ch-fromhost)."
-        raise ContainerKernelError(msg)
+    if refusal := gpu_refusal(request.image, request.gpu):
+        raise ContainerKernelError(refusal)
     if read_only := [b.spec() for b in request.binds if b.read_only]:
         msg = f"ch-run cannot bind read-only: {', '.join(read_only)}; drop ':ro' or use Apptainer."
         raise ContainerKernelError(msg)
+
+
+def _has_nvidia_libraries(image: Path) -> bool:
+    """Whether `ch-fromhost --nvidia` prepared the image: it copies the host's driver libraries
+    (`nvidia-container-cli list --libraries`) into the first folder of the image's library path
+    and runs ldconfig inside, whose cache then names libcuda.so.1. (A SquashFS file cannot be
+    looked into: it is run as it is.)"""
+    with contextlib.suppress(OSError):
+        if NVIDIA_LIBRARY.encode() + b"\0" in (image / "etc/ld.so.cache").read_bytes():
+            return True
+    return any(os.path.lexists(image / folder / NVIDIA_LIBRARY) for folder in LIBRARY_FOLDERS)
 
 
 def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
