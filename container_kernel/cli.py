@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--check",
         action="store_true",
-        help="Run each image's Python first (slower); a failing image is skipped.",
+        help="Run each image first: every kernel found gets a spec (slower); a failing image "
+        "is skipped.",
     )
     add_settings_arguments(sync.add_argument, kernel=True)
     sync.set_defaults(run=cmd_sync)

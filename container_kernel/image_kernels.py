@@ -11,13 +11,11 @@ import base64
 import binascii
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ContainerKernelError, runtime_message
-from .launch import plan
-from .sessions import Session
+from .probe import run_in_image
 from .settings import ContainerSettings
 
 KERNEL_FOLDERS = (
@@ -70,17 +68,7 @@ class ImageKernel:
 
 def find_kernels(settings: ContainerSettings) -> list[ImageKernel]:
     """The image's kernel specs, one per folder name (the first found wins, as in Jupyter)."""
-    session = Session.create()
-    try:
-        launch = plan(
-            settings, ["/bin/sh", "-c", SCRIPT], cwd="/", home=None, host_env=os.environ,
-            session=session,
-        )  # fmt: skip
-        out = subprocess.run(
-            launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
-        )
-    finally:
-        session.end()
+    out = run_in_image(settings, ["/bin/sh", "-c", SCRIPT])
     if f"{MARK} end" not in out.stdout:
         msg = (
             f"Cannot look for kernel specs in {settings.image} (/bin/sh does not run there): "

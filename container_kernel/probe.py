@@ -102,23 +102,26 @@ def _version(text: str | None) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+def run_in_image(settings: ContainerSettings, command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` once in the image with the kernel's settings (no home, in `/`), its output
+    captured; nothing of it stays (its session ends)."""
+    session = Session.create()
+    try:
+        launch = plan(settings, command, cwd="/", home=None, host_env=os.environ, session=session)
+        return subprocess.run(
+            launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
+        )
+    finally:
+        session.end()
+
+
 def probe(settings: ContainerSettings, interpreter: str = "python3") -> Facts:
     """Run `interpreter` in the image with the kernel's settings and ask what it has.
 
     Raises with the runtime's own message when the interpreter does not run at all; a missing
     ipykernel is an answer (`ipykernel` None, `error` why), for the caller to judge.
     """
-    session = Session.create()
-    try:
-        launch = plan(
-            settings, [interpreter, "-c", SCRIPT], cwd="/", home=None, host_env=os.environ,
-            session=session,
-        )  # fmt: skip
-        out = subprocess.run(
-            launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
-        )
-    finally:
-        session.end()
+    out = run_in_image(settings, [interpreter, "-c", SCRIPT])
     lines = out.stdout.strip().splitlines()
     try:
         facts = json.loads(lines[-1]) if out.returncode == 0 and lines else None
