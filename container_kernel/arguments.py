@@ -6,7 +6,7 @@ import argparse
 
 from .errors import ContainerKernelError
 from .gpus import GPU_MODES
-from .settings import ENCRYPTIONS, LAUNCHERS, RUNTIMES
+from .settings import ENCRYPTIONS, INJECT_MODES, LAUNCHERS, RUNTIMES
 
 
 def _gpu_value(text: str) -> str:
@@ -64,6 +64,11 @@ ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
         "An srun option for the Slurm job (repeatable; --slurm-arg=--partition=gpu).")}),
     (("--slurm-start-timeout",), "slurm_start_timeout", {"type": float, "metavar": "SECONDS",
         "help": "Seconds a Slurm job may wait in the queue before the start fails."}),
+    (("--image-cache",), "image_cache", {"metavar": "DIR", "help": (
+        "Where registry images (docker://...) are pulled once, and kept (default: "
+        "~/.cache/container-kernel).")}),
+    (("--pull-arg",), "pull_args", {"action": "append", "metavar": "ARG", "help": (
+        "An extra argument for the runtime's pull (repeatable; --pull-arg=--no-https).")}),
     (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
         "An extra argument for the runtime's exec, before the image (repeatable; "
         "--runtime-arg=--rocm).")}),
@@ -75,14 +80,20 @@ KERNEL_ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
     (("--encryption",), "encryption", {"choices": ENCRYPTIONS, "help": (
         "CurveZMQ encryption of a kernel on another node's channels: auto (where the image's "
         "ipykernel applies it), required (else the start fails), off.")}),
+    (("--inject-kernel",), "inject_kernel", {"choices": INJECT_MODES, "help": (
+        "Provide ipykernel from the host, without changing the image: auto (when the image's "
+        "python lacks it), always, never.")}),
+    (("--inject-wheels",), "inject_wheels", {"metavar": "DIR", "help": (
+        "Take the provided ipykernel's wheels from DIR, not the package index (offline).")}),
 ]  # fmt: skip
 
 
-def add_settings_arguments(add_argument, kernel: bool = False) -> None:
+def add_settings_arguments(add_argument, kernel: bool = False, only=None) -> None:
     """Declare the settings' flags with `add_argument` (argparse's, or magic_arguments'), with
-    the kernel's own too if `kernel`."""
+    the kernel's own too if `kernel`; `only` these settings' if given."""
     for flags, trait, keywords in [*ARGUMENTS, *(KERNEL_ARGUMENTS if kernel else ())]:
-        add_argument(*flags, dest=trait, **keywords)
+        if only is None or trait in only:
+            add_argument(*flags, dest=trait, **keywords)
 
 
 def settings_from_arguments(namespace) -> dict:

@@ -217,3 +217,21 @@ def _send(pgid: int, session: Session, signum: int, *, forwards: bool) -> None:
             processes.signal_pids(inside, signum)
         else:  # SIGTERM, or nothing started inside yet
             os.kill(pgid, signum)
+
+
+def pull_progress() -> Callable[[str], None]:
+    """A registry image's first pull, shown in the cell's output as one line that updates (in
+    a terminal, one line each)."""
+    from IPython.display import display
+
+    handle = None
+
+    def show(line: str) -> None:
+        nonlocal handle
+        data = {"text/plain": f"%container: {line}"}
+        if handle is None:
+            handle = display(data, raw=True, display_id=True)
+        else:
+            handle.update(data, raw=True)
+
+    return show

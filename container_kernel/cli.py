@@ -10,7 +10,7 @@ from pathlib import Path
 
 from traitlets import TraitError
 
-from . import doctor, installer, kernelspec
+from . import cache_commands, doctor, installer, kernelspec
 from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError
 from .homes import persistent_home_path
@@ -35,6 +35,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     settings = ContainerSettings(image=image, **flags)  # the spec's own: no site settings
     if args.check:
         effective = ContainerSettings(config=site_config(), image=image, **flags)
+        cache_commands.pull_first(effective)
         found = installer.plan_kernels(
             settings, effective, interpreter=args.python, display_name=args.display_name
         )
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     remove.add_argument("names", nargs="+", metavar="NAME", help="A kernel spec's name.")
     remove.set_defaults(run=cmd_remove)
+    cache_commands.add_commands(commands, add_settings_arguments)
     return parser
 
 

@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import homes, languages, processes, sessions
-from .launch import Launch, plan, private_mount
+from .images import Progress
+from .launch import Launch, local_image, plan, private_mount
+from .runtimes import find_runtime
 from .sessions import Session
 from .settings import ContainerSettings
 
@@ -48,8 +50,15 @@ def command_inside(cmd: Sequence[str]) -> list[str]:
 class KernelContainer:
     """The container side of one kernel (one kernel spec name, many restarts)."""
 
-    def __init__(self, settings: ContainerSettings, kernel_name: str, language: str = "") -> None:
+    def __init__(
+        self,
+        settings: ContainerSettings,
+        kernel_name: str,
+        language: str = "",
+        progress: Progress | None = None,
+    ) -> None:
         self.settings = settings
+        self.progress = progress  # where a registry image's pull reports (images.py)
         self.kernel_name = kernel_name or "default"
         self.language = language  # the spec's: what it needs inside (languages.py)
         self.session: Session | None = None
@@ -78,9 +87,11 @@ class KernelContainer:
         home = self._home()
         languages.prepare_home(self.language, home)
         inside = homes.home_inside() if home is not None else None
+        runtime = find_runtime(self.settings.runtime, self.settings.runtime_path)
         launch = plan(
             self.settings,
             command,
+            image=local_image(self.settings, runtime, self.progress),
             cwd=cwd,
             home=home,
             host_env=host_env,

@@ -33,6 +33,8 @@ def non_default_settings(settings: ContainerSettings) -> dict[str, Any]:
     for name, trait in ContainerSettings.class_traits(config=True).items():
         value = getattr(settings, name)
         if name == "home_root" and value == settings._default_home_root():
+            continue  # (computed defaults: the user's own folders when the kernel runs)
+        if name == "image_cache" and value == settings._default_image_cache():
             continue
         if value != trait.default():
             values[name] = value

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpus
+from . import gpus, images
 from .environment import container_environment
 from .errors import ContainerKernelError
 from .homes import home_inside
+from .images import Progress
 from .runtimes import Bind, ExecRequest, Runtime, find_runtime, parse_bind
 from .sessions import Session
 from .settings import ContainerSettings
@@ -56,6 +57,24 @@ def check_image(image: str) -> str:
         msg = f"Image not found: {path}. Set `image` to an existing SIF file or image directory."
         raise ContainerKernelError(msg)
     return str(path)
+
+
+def local_image(
+    settings: ContainerSettings, runtime: Runtime, progress: Progress | None = None
+) -> str:
+    """The image to run: a local one as it is, a registry one from the cache (pulled once,
+    its progress going to `progress`)."""
+    if not images.is_reference(settings.image):
+        return check_image(settings.image)
+    cache = images.ImageCache(settings.image_cache, settings.image_cache_shared)
+    entry = images.local_image(
+        settings.image, runtime, cache, pull_args=settings.pull_args, progress=progress or _quiet
+    )
+    return str(entry.path)
+
+
+def _quiet(line: str) -> None:
+    """No one to show a pull's progress to."""
 
 
 def user_binds(specs: Sequence[str]) -> list[Bind]:
@@ -112,6 +131,7 @@ def build_request(
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
     env_defaults: Mapping[str, str] | None = None,
+    image: str | None = None,
 ) -> ExecRequest:
     """Everything the runtime needs to know, decided once for every backend.
 
@@ -142,7 +162,7 @@ def build_request(
     env = {**(env_defaults or {}), **hints, **env, **session.environment}
     private_tmp = not settings.share_tmp
     return ExecRequest(
-        image=check_image(settings.image),
+        image=image or check_image(settings.image),
         command=list(command),
         env=env,
         binds=_dedupe(binds),
@@ -169,8 +189,11 @@ def plan(
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
     env_defaults: Mapping[str, str] | None = None,
+    image: str | None = None,
+    progress: Progress | None = None,
 ) -> Launch:
-    """The whole command that runs `command` in the container (arguments: see build_request).
+    """The whole command that runs `command` in the container (arguments: see build_request;
+    `image`: the local image when the caller has it, else see local_image).
 
     The runtime process starts in `/` when the working directory is mounted elsewhere, so the
     runtime's own current-directory mount cannot cover the fake home.
@@ -179,6 +202,7 @@ def plan(
     request = build_request(
         settings, command, cwd=cwd, home=home, host_env=host_env, session=session,
         named_env=named_env, extra_binds=extra_binds, env_defaults=env_defaults,
+        image=image or local_image(settings, runtime, progress),
     )  # fmt: skip
     command = runtime.exec_command(request, host_env)
     for path, text in command.files.items():

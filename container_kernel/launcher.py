@@ -88,7 +88,13 @@ def _container(spec_dir: Path) -> tuple[KernelContainer, dict]:
             "it (use JupyterLab, Notebook or nbclient, or a spec with launcher=local)."
         )
         raise ContainerKernelError(msg)
-    return KernelContainer(settings, spec_dir.name, spec.get("language", "")), spec
+    language = spec.get("language", "")
+    return KernelContainer(settings, spec_dir.name, language, progress=_to_stderr), spec
+
+
+def _to_stderr(line: str) -> None:
+    """A registry image's first pull: the client shows or logs the kernel's stderr."""
+    print(f"container-kernel: {line}", file=sys.stderr, flush=True)
 
 
 def _run(container: KernelContainer, launch: Launch) -> int:

@@ -177,7 +177,9 @@ class ContainerMagics(ContainerSettings, Magics):
                 argv = self._prepare(args, cell, command, host, inside)
                 if settings.launcher == "slurm":  # a job: the node writes the files and runs it
                     remote = SlurmCell(settings, self._home_name(settings))
-                    launch = remote.launch(argv, host, os.getcwd(), os.environ)
+                    launch = remote.launch(
+                        argv, host, os.getcwd(), os.environ, cells.pull_progress()
+                    )
                     try:
                         self._execute(launch, session, args, what, host, remote=remote)
                     finally:
@@ -190,6 +192,7 @@ class ContainerMagics(ContainerSettings, Magics):
                     home=self._home(settings, session),
                     host_env=os.environ,
                     session=session,
+                    progress=cells.pull_progress(),
                 )
                 self._execute(launch, session, args, what, host)
         except (ContainerKernelError, TraitError) as err:

@@ -49,7 +49,9 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         try:
             if self.launcher == "slurm" and self.encryption == "required" and not encrypt:
                 raise ContainerKernelError(self._cannot_encrypt())
-            launch = self._plan(kwargs, cwd)
+            # (a registry image's first start pulls it, or waits for another kernel's pull:
+            # not on the event loop, which every kernel of the server shares)
+            launch = await asyncio.to_thread(self._plan, kwargs, cwd)
         except (ContainerKernelError, OSError) as err:
             message = str(err) if isinstance(err, ContainerKernelError) else _os_message(err)
             if not self._restarting or not self._has_restarter():
@@ -77,9 +79,9 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             name = getattr(self.parent, "kernel_name", "")
             language = self.kernel_spec.language or ""
             self._container = (
-                SlurmKernel(self, name, self.log, language)
+                SlurmKernel(self, name, self.log, language, progress=self._progress)
                 if self.launcher == "slurm"
-                else KernelContainer(self, name, language)
+                else KernelContainer(self, name, language, progress=self._progress)
             )
         return self._container.prepare(
             command_inside(self._command_inside(kwargs["cmd"])),
@@ -89,6 +91,10 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             host_env={**kwargs["env"], "JPY_PARENT_PID": str(os.getpid())},
             named_env=list(self.kernel_spec.env),
         )
+
+    def _progress(self, line: str) -> None:
+        """A registry image's pull, in the server's log."""
+        self.log.info("container-kernel: %s: %s", self.kernel_id, line)
 
     def _spec_encrypts(self) -> bool:
         """Whether the spec declares an ipykernel that applies CurveZMQ keys (and ours can)."""

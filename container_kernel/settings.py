@@ -28,12 +28,14 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import ContainerKernelError
 from .gpus import GPU_MODES, gpu_mode
+from .images import default_root
 from .runtimes.base import parse_bind
 
 HOME_MODES = ("persistent", "temporary", "none")
 RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
 LAUNCHERS = ("local", "slurm")
 ENCRYPTIONS = ("auto", "required", "off")
+INJECT_MODES = ("auto", "never", "always")
 
 
 class GpuMode(CaselessStrEnum):
@@ -141,6 +143,40 @@ class ContainerSettings(LoggingConfigurable):
         kernel sees another's files.""",
     )
 
+    image_cache = Unicode(
+        config=True,
+        help="""Where registry images (docker://, oras://, library://) are pulled once, with the
+        runtime's own caches and the ipykernel provided for images without one. Default:
+        $XDG_CACHE_HOME/container-kernel (~/.cache/container-kernel).""",
+    )
+    image_cache_shared = List(
+        Unicode(),
+        config=True,
+        help="""Read-only caches searched first, e.g. a site folder an admin filled with
+        `container-kernel pull --image-cache DIR IMAGE`.""",
+    )
+    pull_args = List(
+        Unicode(),
+        config=True,
+        help="""Extra arguments for the runtime's pull (apptainer pull, ch-image pull), e.g.
+        ['--no-https'] for a registry without TLS.""",
+    )
+    inject_kernel = CaselessStrEnum(
+        INJECT_MODES,
+        default_value="auto",
+        config=True,
+        help="""Provide ipykernel from the host side, without changing the image: 'auto' when the
+        image's python lacks it, 'always', or 'never'. It is installed once per python version
+        and platform into image_cache (pip, wheels only) and bound read-only; the image's own
+        packages come first on sys.path.""",
+    )
+    inject_wheels = Unicode(
+        "",
+        config=True,
+        help="""A folder of wheels to take ipykernel and its dependencies from instead of the
+        package index (offline clusters): `pip download --only-binary=:all: --python-version
+        X.Y --platform ... -d DIR ipykernel`.""",
+    )
     launcher = CaselessStrEnum(
         LAUNCHERS,
         default_value="local",
@@ -213,6 +249,10 @@ class ContainerSettings(LoggingConfigurable):
     @default("image")
     def _default_image(self) -> str:
         return os.environ.get(self.image_env, "")
+
+    @default("image_cache")
+    def _default_image_cache(self) -> str:
+        return str(default_root())
 
     @default("home_root")
     def _default_home_root(self) -> str:

@@ -25,9 +25,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import images
 from .environment import container_environment
 from .errors import ContainerKernelError
-from .launch import Launch, check_image
+from .images import Progress
+from .launch import Launch, check_image, local_image
+from .runtimes import find_runtime
 from .settings import ContainerSettings
 
 # The srun process's environment: enough to find Python and the runtime on the node, nothing
@@ -54,6 +57,15 @@ def node_settings(settings: ContainerSettings) -> dict[str, Any]:
         for name in ContainerSettings.class_traits(config=True)
         if name not in ("launcher", "locked")
     }
+
+
+def server_side_image(settings: ContainerSettings, progress: Progress | None) -> str:
+    """The image the node runs: a local one as it is (a shared file system: the node sees the
+    same path), a registry one pulled here first (login nodes reach registries, compute nodes
+    often do not) into an image_cache the nodes share."""
+    if not images.is_reference(settings.image):
+        return check_image(settings.image)
+    return local_image(settings, find_runtime(settings.runtime, settings.runtime_path), progress)
 
 
 def srun_launch(
@@ -93,11 +105,13 @@ class SlurmCell:
         self.name = job_name()
         self.stdin = None
 
-    def launch(self, command: Sequence[str], files: Path, cwd: str, host_env) -> Launch:
-        check_image(self.settings.image)
+    def launch(
+        self, command: Sequence[str], files: Path, cwd: str, host_env, progress=None
+    ) -> Launch:
+        image = server_side_image(self.settings, progress)
         self.request = {
             "mode": "cell",
-            "settings": node_settings(self.settings),
+            "settings": {**node_settings(self.settings), "image": image},
             "kernel_name": self.home_name,
             "command": list(command),
             "files": {p.name: base64.b64encode(p.read_bytes()).decode() for p in files.iterdir()},
@@ -137,9 +151,15 @@ class SlurmKernel:
     temporary_home = None
 
     def __init__(
-        self, settings: ContainerSettings, kernel_name: str, log, language: str = ""
+        self,
+        settings: ContainerSettings,
+        kernel_name: str,
+        log,
+        language: str = "",
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
+        self.progress = progress
         self.kernel_name = kernel_name or "default"
         self.language = language
         self.log = log
@@ -159,7 +179,7 @@ class SlurmKernel:
         named_env: Sequence[str] = (),
     ) -> Launch:
         """srun's argv and environment; the request for the node, sent once srun runs."""
-        check_image(self.settings.image)  # a shared file system: the node sees the same path
+        image = server_side_image(self.settings, self.progress)
         with open(connection_file) as handle:
             connection = json.load(handle)
         self.server_ip = self.server_ip or connection.get("ip", "127.0.0.1")
@@ -174,7 +194,7 @@ class SlurmKernel:
         self.job_name = job_name()
         values = container_environment(host_env, named=named_env)
         self.request = {
-            "settings": node_settings(self.settings),
+            "settings": {**node_settings(self.settings), "image": image},
             "kernel_name": self.kernel_name,
             "language": self.language,
             "command": list(command),

@@ -6,12 +6,14 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import ContainerKernelError
+from ..images import ImageCache, Progress
 from . import apptainer, charliecloud
 from .base import Bind, Command, ExecRequest, parse_bind, with_user
 
@@ -37,6 +39,19 @@ class Runtime:
     def exec_command(self, request: ExecRequest, host_env: Mapping[str, str]) -> Command:
         """The argv, the runtime process's environment and the files that run `request`."""
         return self.backend.exec_command(self.executable, self.flavour, request, host_env)
+
+    @property
+    def cache_kind(self) -> str:
+        """What its pulled images are ("sif", "ch-image"): a cache keeps them apart."""
+        return self.backend.CACHE_KIND
+
+    def pull(
+        self, reference: str, cache: ImageCache, pull_args: Sequence[str], progress: Progress
+    ) -> Path:
+        """Pull a registry image into `cache` (see images.py); the local image's path."""
+        return self.backend.pull(
+            self.executable, self.flavour, reference, cache, pull_args=pull_args, progress=progress
+        )
 
     @property
     def forwards_signals(self) -> bool:

@@ -12,12 +12,15 @@ Apptainer binds by default.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ContainerKernelError
-from .base import Command, ExecRequest
+from ..images import ImageCache, Progress, cache_key, readable_name, run_pull
+from .base import Command, ExecRequest, with_user
 
 PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")
 
@@ -160,3 +163,31 @@ def exec_command(
     inside_file = f"{request.private.dst}/{ENV_FILE}"
     command = ["/bin/sh", "-c", SOURCE_AND_EXEC, "sh", inside_file, *request.command]
     return Command([*argv, *command], env, {host_file: env_file(request.env)})
+
+
+# Pulled images are SIF files, the same for every flavour.
+CACHE_KIND = "sif"
+
+
+def pull(
+    executable: str, flavour: Flavour, reference: str, cache: ImageCache, *,
+    pull_args: Sequence[str], progress: Progress,
+) -> Path:  # fmt: skip
+    """`pull` into the cache under a temporary name, renamed once whole. Singularity 2.x names
+    its output with --name, in SINGULARITY_PULLFOLDER."""
+    folder = cache.root / "sif"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{readable_name(reference)}-{cache_key(reference)}.sif"
+    partial = folder / f".{final.name}.{os.getpid()}.partial"
+    env = {**with_user(os.environ), **cache.runtime_env()}
+    if flavour.name == "singularity" and flavour.version < (3, 0, 0):
+        argv = [executable, "pull", *pull_args, "--name", partial.name, reference]
+        env["SINGULARITY_PULLFOLDER"] = str(folder)
+    else:
+        argv = [executable, "pull", *pull_args, str(partial), reference]
+    try:
+        run_pull(argv, env, reference, cache.root, progress)
+        partial.replace(final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return final

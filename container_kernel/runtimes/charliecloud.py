@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import stat
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ContainerKernelError
+from ..images import ImageCache, Progress, cache_key, run_pull
 from .base import Bind, Command, ExecRequest, with_user
 
 EXECUTABLES = ("ch-run",)
@@ -257,3 +260,42 @@ def _follow(path: str, moved: Mapping[str, str]) -> str:
         if _within(path, old):
             return moved[old] + path[len(old) :]
     return path
+
+
+# Pulled images are folders in a ch-image storage of the cache's own.
+CACHE_KIND = "ch-image"
+
+
+def pull(
+    executable: str, flavour: Flavour, reference: str, cache: ImageCache, *,
+    pull_args: Sequence[str], progress: Progress,
+) -> Path:  # fmt: skip
+    """`ch-image pull` into the cache's storage, under a new name each time (a kernel may be
+    running from the last one). ch-image locks its storage: one pull at a time."""
+    if not reference.startswith("docker://"):
+        msg = (
+            f"Charliecloud pulls docker:// images (ch-image pull), not {reference}: use a "
+            "docker:// reference, or Apptainer."
+        )
+        raise ContainerKernelError(msg)
+    ch_image = shutil.which("ch-image") or shutil.which(
+        "ch-image", path=os.path.dirname(os.path.realpath(executable))
+    )
+    if not ch_image:
+        msg = (
+            f"ch-image is not on PATH: Charliecloud needs it to pull {reference} (Debian: "
+            "charliecloud-builders), or pull the image elsewhere and name its folder."
+        )
+        raise ContainerKernelError(msg)
+    storage = cache.root / "ch-image"
+    name = f"ck-{cache_key(reference)}-{time.time_ns():x}"
+    argv = [ch_image, "--storage", str(storage), "pull", *pull_args,
+            reference.removeprefix("docker://"), name]  # fmt: skip
+    waiting = f"Waiting for another ch-image pull into {storage} (one at a time)."
+    with cache.lock("ch-image-storage", waiting, progress):
+        try:
+            run_pull(argv, with_user(os.environ), reference, cache.root, progress)
+        except ContainerKernelError:
+            shutil.rmtree(storage / "img" / name, ignore_errors=True)
+            raise
+    return storage / "img" / name
