@@ -28,13 +28,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everything as root (a real JupyterHub, JupyterLab in Chromium and a Slurm cluster whose compute
-# node has a network namespace of its own among it), then the security,
+# Everything as root (a real JupyterHub, JupyterLab in Chromium, an OCI registry over HTTPS and a
+# Slurm cluster whose compute node has a network namespace of its own among it), then the security,
 # lifecycle and soak suites as an unprivileged user.
 test: venv image lint
 	@scripts/system-packages --tests
 	@scripts/setup-browser
 	@scripts/setup-hub >/dev/null
+	@scripts/registry up
 	@scripts/slurm-cluster up
 	$(BIN)/python -m pytest
 	scripts/test-as-user

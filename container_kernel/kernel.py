@@ -14,15 +14,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import homes, languages, processes, sessions
+from . import homes, languages, processes, sessions, standby
 from .images import Progress
 from .launch import Launch, local_image, plan, private_mount
 from .runtimes import find_runtime
 from .sessions import Session
 from .settings import ContainerSettings
+from .standby import Standby, file_identity
 
 # An installed spec's argv runs the kernel through `python -m container_kernel.launcher`, so that
 # clients that ignore provisioners get the container too (see launcher.py).
@@ -66,6 +68,10 @@ class KernelContainer:
         self.created_home: Path | None = None  # a persistent home this kernel's start created
         self.connection_copy: Path | None = None  # the kernel's own copy, on the host
         self.forwards_signals = True
+        self.spec_file: str | None = None  # its kernel.json: a change discards a standby
+        self.standby: Standby | None = None
+        self._last: tuple | None = None  # the last start's (command, launch, plan inputs)
+        self._lock = threading.Lock()  # (standbys start in a thread)
 
     def prepare(
         self,
@@ -88,19 +94,52 @@ class KernelContainer:
         languages.prepare_home(self.language, home)
         inside = homes.home_inside() if home is not None else None
         runtime = find_runtime(self.settings.runtime, self.settings.runtime_path)
-        launch = plan(
-            self.settings,
-            command,
-            image=local_image(self.settings, runtime, self.progress),
-            cwd=cwd,
-            home=home,
-            host_env=host_env,
-            session=self.session,
-            named_env=named_env,
-            env_defaults=languages.environment(self.language, home_inside=inside, cwd=cwd),
-        )
+        inputs = {
+            "image": local_image(self.settings, runtime, self.progress),
+            "cwd": cwd,
+            "home": home,
+            "host_env": dict(host_env),
+            "named_env": list(named_env),
+            "env_defaults": languages.environment(self.language, home_inside=inside, cwd=cwd),
+        }
+        launch = plan(self.settings, command, session=self.session, **inputs)
         self.forwards_signals = launch.runtime.forwards_signals
+        self._last = (list(command), launch, inputs)
         return launch
+
+    def start_standby(self) -> None:
+        """After a start: the next start's container, waiting (see standby.py)."""
+        with self._lock:
+            if not self.settings.standby or self.session is None or self._last is None:
+                return
+            self._discard_standby()
+            command, launch, inputs = self._last
+            identity = file_identity(inputs["image"], self.spec_file)
+            self.standby = standby.start(self, command, launch, inputs, identity)
+
+    def take_standby(self) -> subprocess.Popen | None:
+        """For a restart (just prepared): the standby's process, now running the kernel, if
+        it fits that launch; else None (it is discarded: start cold)."""
+        with self._lock:
+            waiting, self.standby = self.standby, None
+            if waiting is None or self._last is None:
+                return None
+            command, launch, inputs = self._last
+            parsed = standby.KernelCommand.parse(command)
+            identity = file_identity(inputs["image"], self.spec_file)
+            now = standby.comparable(launch, self.session.mark)
+            if waiting.fits(now, parsed, identity) and waiting.hand_over(parsed.arguments):
+                self.session = self.session.with_variant(waiting.variant)
+                return waiting.process
+            self.standby = waiting
+            self._discard_standby()
+            return None
+
+    def _discard_standby(self) -> None:
+        if self.standby is not None:
+            self.standby.discard()
+            sessions.kill_marked(self.session.with_variant(self.standby.variant).mark)
+            self.standby = None
 
     def _private_connection_file(self, command: Sequence[str], connection_file: str) -> list[str]:
         """Copy the connection file into the session's folder that the kernel sees (its /tmp),
@@ -176,11 +215,15 @@ class KernelContainer:
             self.session.kill_processes()
 
     def end(self, failed_start: bool = False) -> None:
-        """The kernel is gone for good: end its session (processes, private folder, temporary
-        home); after a failed first start, also the empty persistent home it created."""
-        if self.session is not None:
-            self.session.end()
-        if failed_start and self.created_home is not None:
-            with contextlib.suppress(OSError):
-                self.created_home.rmdir()  # only if still empty
-        self.session = self.temporary_home = self.created_home = None
+        """The kernel is gone for good: end its session (processes, the standby's too, private
+        folder, temporary home); after a failed first start, the empty home it created."""
+        with self._lock:
+            if self.standby is not None:
+                self.standby.discard()
+                self.standby = None
+            if self.session is not None:
+                self.session.end()  # (every mark)
+            if failed_start and self.created_home is not None:
+                with contextlib.suppress(OSError):
+                    self.created_home.rmdir()  # only if still empty
+            self.session = self.temporary_home = self.created_home = None

@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from .startup import KernelStartError, StartupWatch
 
 PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 3
+STANDBY_DELAY = 0.5  # seconds: the kernel's first replies go first
+STANDBY_STARTER = ThreadPoolExecutor(1, thread_name_prefix="container-kernel-standby")
 
 
 class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
@@ -83,6 +87,9 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
                 if self.launcher == "slurm"
                 else KernelContainer(self, name, language, progress=self._progress)
             )
+            resource_dir = getattr(self.kernel_spec, "resource_dir", "")
+            if resource_dir:
+                self._container.spec_file = os.path.join(resource_dir, "kernel.json")
         return self._container.prepare(
             command_inside(self._command_inside(kwargs["cmd"])),
             connection_file=self.parent.connection_file,
@@ -167,7 +174,16 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         remote = isinstance(self._container, SlurmKernel)
         if remote:  # the node's request goes on stdin, its answer comes on stdout
             kwargs.update(stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        connection_info = await super().launch_kernel(cmd, **kwargs)
+        taken = None
+        if self._restarting and isinstance(self._container, KernelContainer):
+            await self._ports_released()
+            taken = await asyncio.to_thread(self._container.take_standby)
+        if taken is not None:  # the standby runs the kernel now: it is our process
+            self.process, self.pid = taken, taken.pid
+            self.pgid = os.getpgid(taken.pid)
+            connection_info = self.connection_info
+        else:
+            connection_info = await super().launch_kernel(cmd, **kwargs)
         self.cwd = self._kernel_cwd
         if capture:
             self._tee_stderr()
@@ -176,8 +192,21 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         status = await self._wait_for_listening()
         if status is None:
             self._restarting = False
+            self._prepare_standby()
             return connection_info, None
         return connection_info, await self._startup_failure(status)
+
+    def _prepare_standby(self) -> None:
+        """Soon after a start, the next start's container (see standby.py), from a thread that
+        lives as long as the server: its parent-death signal follows the thread that started
+        it (a blocking KernelManager runs no event loop between its calls)."""
+        container = self._container
+        if self.standby and isinstance(container, KernelContainer):
+            timer = threading.Timer(
+                STANDBY_DELAY, STANDBY_STARTER.submit, [container.start_standby]
+            )
+            timer.daemon = True
+            timer.start()
 
     def _new_ports(self) -> None:
         """Fresh ports for the same kernel: a new connection file, copied again."""

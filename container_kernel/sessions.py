@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -37,9 +38,14 @@ def sessions_root() -> Path:
 
 @dataclass(frozen=True)
 class Session:
-    """A private folder and the mark of the processes started in it."""
+    """A private folder and the mark of the processes started in it.
+
+    A kernel's standby (a second container, pre-started for its next restart) shares its
+    folder under a mark of its own, `<name>+<variant>`: a restart kills the last kernel's
+    processes (its mark) and spares the standby; `end` kills both."""
 
     folder: Path
+    variant: str = ""
 
     @classmethod
     def create(cls, root: Path | None = None) -> Session:
@@ -57,6 +63,15 @@ class Session:
         return self.folder.name
 
     @property
+    def mark(self) -> str:
+        """What its processes carry: the folder's name, and the variant's if any."""
+        return f"{self.name}+{self.variant}" if self.variant else self.name
+
+    def with_variant(self, variant: str) -> Session:
+        """The same folder under another mark (see the class)."""
+        return Session(self.folder, variant)
+
+    @property
     def tmp(self) -> Path:
         """The container's /tmp, unless the host's is shared."""
         return self.folder / "tmp"
@@ -69,21 +84,21 @@ class Session:
     @property
     def environment(self) -> dict[str, str]:
         """What to set inside, so that `end` finds every process the launch started."""
-        return {MARKER: self.name}
+        return {MARKER: self.mark}
 
     def inside_processes(self, pgid: int) -> list[int]:
         """The processes started inside (not the runtime's own) that are in group `pgid`."""
         return [
-            pid for pid in marked_processes(self.name, inside_only=True) if _group_of(pid) == pgid
+            pid for pid in marked_processes(self.mark, inside_only=True) if _group_of(pid) == pgid
         ]
 
     def kill_processes(self) -> int:
         """SIGKILL every process of ours that carries this session's mark; how many."""
-        return kill_marked(self.name)
+        return kill_marked(self.mark)
 
     def end(self) -> None:
-        """Kill what the session started, then remove its folder."""
-        self.kill_processes()
+        """Kill what the session started under any of its marks, then remove its folder."""
+        kill_marked(self.name, variants=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -117,10 +132,12 @@ def _start_time(pid: int) -> str:
     return stat.rsplit(b")", 1)[1].split()[19].decode()
 
 
-def marked_processes(mark: str, inside_only: bool = False) -> list[int]:
-    """Our processes whose environment holds `CONTAINER_KERNEL_SESSION=<mark>`, and unless
-    `inside_only`, the runtime's own that hold it under its prefix (APPTAINERENV_...)."""
+def marked_processes(mark: str, inside_only: bool = False, variants: bool = False) -> list[int]:
+    """Our processes whose environment holds `CONTAINER_KERNEL_SESSION=<mark>` (or, with
+    `variants`, `<mark>+<variant>`), and unless `inside_only`, the runtime's own that hold it
+    under its prefix (APPTAINERENV_...)."""
     entry = f"{MARKER}={mark}".encode()
+    pattern = re.compile(rb"(?:^|_)" + re.escape(entry) + (rb"(?:\+.*)?$" if variants else b"$"))
     uid, me = os.getuid(), os.getpid()
     found = []
     for proc in Path("/proc").iterdir():
@@ -133,8 +150,8 @@ def marked_processes(mark: str, inside_only: bool = False) -> list[int]:
         except OSError:
             continue
         variables = environ.split(b"\0")
-        if entry in variables or (
-            not inside_only and any(var.endswith(b"_" + entry) for var in variables)
+        if any(
+            (var.startswith(entry) or not inside_only) and pattern.search(var) for var in variables
         ):
             found.append(int(proc.name))
     return found
@@ -147,11 +164,11 @@ def _group_of(pid: int) -> int | None:
         return None
 
 
-def kill_marked(mark: str, rounds: int = 5) -> int:
+def kill_marked(mark: str, rounds: int = 5, variants: bool = False) -> int:
     """SIGKILL the marked processes, again while new ones appear (a fork during the scan)."""
     killed = 0
     for _ in range(rounds):
-        pids = marked_processes(mark)
+        pids = marked_processes(mark, variants=variants)
         if not pids:
             break
         for pid in pids:

@@ -177,6 +177,16 @@ class ContainerSettings(LoggingConfigurable):
         package index (offline clusters): `pip download --only-binary=:all: --python-version
         X.Y --platform ... -d DIR ipykernel`.""",
     )
+    standby = Bool(
+        True,
+        config=True,
+        help="""Keep the next container of a running kernel ready: started with the same launch,
+        its Python imports ipykernel at the lowest CPU priority and waits, holding no key and
+        running nothing, until a restart hands it the kernel's start (a restart then skips the
+        container's start and the imports). One idle process per kernel (its memory: see the
+        README's benchmark). Kernels started by the provisioner on this machine (not Slurm's).""",
+    )
+
     launcher = CaselessStrEnum(
         LAUNCHERS,
         default_value="local",

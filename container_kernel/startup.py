@@ -65,6 +65,17 @@ class StartupWatch(LoggingConfigurable):
             await asyncio.sleep(0.05)
         return None
 
+    async def _ports_released(self, timeout: float = 3.0) -> None:
+        """At a restart, until the last kernel's heartbeat port is free (a killed kernel closes
+        its sockets a moment after it is gone): the new one binds the same ports, and its
+        start-up check must not take the old one's port for the new kernel listening."""
+        if not self.connection_info.get("hb_port"):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self._kernel_listening() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
     async def _startup_failure(self, status: int) -> str:
         if self._stderr_reader is not None:  # read the runtime's last words first
             await asyncio.to_thread(self._stderr_reader.join, 2)

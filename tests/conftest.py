@@ -23,6 +23,7 @@ IMAGE_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "container-kernel/images"
 )
 IMAGE_MARK = ".container-kernel-image"  # what scripts/build-image writes last
+pytest_plugins = ["registry"]  # tests/registry.py: the `registry` fixture, a real OCI registry
 
 
 def pytest_addoption(parser):
@@ -74,6 +75,34 @@ def ipykernel7_image(image) -> Path:
         env={**os.environ, "PYTHON": sys.executable, "BASE_IMAGE": str(image)},
     )
     assert out.returncode == 0, f"building the ipykernel 7 image failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def no_ipykernel_image() -> Path:
+    """Debian's python3 and python3-traitlets (5.5.0) alone (`scripts/build-image --no-ipykernel`):
+    no ipykernel, zmq, IPython or pip; traitlets is the image's own copy of an ipykernel
+    dependency."""
+    out = subprocess.run(
+        [REPO / "scripts" / "build-image", "--no-ipykernel"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, f"building the image without ipykernel failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def no_python_image() -> Path:
+    """Debian bookworm without any python (`scripts/build-image --no-python`)."""
+    out = subprocess.run(
+        [REPO / "scripts" / "build-image", "--no-python"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, f"building the image without python failed:\n{out.stderr}"
     return Path(out.stdout.strip())
 
 

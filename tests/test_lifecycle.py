@@ -133,11 +133,15 @@ def test_a_sigkilled_server_takes_its_kernel_along(kernel_spec, notebook_dir):
         mark, daemon = started["session"], [started["daemon"]]
         kernel = marked_processes(mark)
         assert set(daemon) < set(kernel)
+        deadline = time.monotonic() + 20  # its standby (standby.py) too, once it is there
+        while not (standby := set(marked_processes(mark, variants=True)) - set(kernel)):
+            assert time.monotonic() < deadline, "no standby"
+            time.sleep(0.1)
         os.kill(server.pid, signal.SIGKILL)  # crash, OOM kill: no shutdown at all
         server.wait(timeout=10)
-        # the kernel and its runtime go at once; the daemon (a session of its own) at the next
-        # start of a container kernel, which ends the sessions of dead servers
-        assert wait_gone(set(kernel) - set(daemon), timeout=10) == []
+        # the kernel, its standby and their runtimes go at once; the daemon (a session of its
+        # own) at the next start of a container kernel, which ends the sessions of dead servers
+        assert wait_gone((set(kernel) | standby) - set(daemon), timeout=10) == []
         assert [p for p in marked_processes(mark) if alive(p)] == daemon
         with running_kernel(kernel_spec("ck-next"), str(notebook_dir)) as (_, kc):
             run(kc, "print(1)")

@@ -1,0 +1,187 @@
+"""Standby: a kernel's next container, started ahead of its restart.
+
+Most of a (re)start is Python importing ipykernel inside the container. Once a kernel runs, a
+second container is started with the same launch (image, binds, environment, home, private
+/tmp) under a mark of its own (sessions.py), whose Python imports ipykernel in a thread at the
+lowest CPU priority (nice is per thread on Linux: the kernel it becomes runs at normal priority)
+and waits on a FIFO in the private folder. A restart writes the kernel's module and arguments
+into the FIFO: the standby runs them as `python -m` would. It is told nothing before: no
+connection file name, no key, and it runs no user code until then.
+
+A standby is used only if the restart's launch is the one it was made for (same argv and
+environment, so same settings and image path) and the image and kernel spec files are unchanged;
+otherwise it is discarded and the restart starts cold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .launch import Launch, plan, private_mount
+
+FIFO = ".container-kernel-standby"
+# Run inside by the image's Python (any 3.x): argv = [-c, fifo, sys.path addition or "", module].
+BOOT = r"""
+import json, os, runpy, sys, threading
+fifo, extra, module = sys.argv[1:4]
+if sys.path and sys.path[0] == "":
+    sys.path[0] = os.getcwd()  # as `python -m` has it
+if extra:
+    sys.path.append(extra)
+def warm():
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only
+        __import__(module)
+        import ipykernel.kernelapp, ipykernel.ipkernel
+    except Exception:
+        pass
+warming = threading.Thread(target=warm, daemon=True)
+warming.start()
+with open(fifo) as handle:
+    start = handle.read()
+if not start:
+    sys.exit(0)
+os.unlink(fifo)
+warming.join()
+sys.argv = [sys.argv[0]] + json.loads(start)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+# An injected ipykernel's command (see kernel_check.py): `python -c INJECTED SITE MODULE ARGS...`.
+INJECTED = r"""
+import runpy, sys
+sys.path.append(sys.argv[1])
+module = sys.argv[2]
+sys.argv = [sys.argv[0]] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@dataclass(frozen=True)
+class KernelCommand:
+    """A kernel command read as `python [options] -m MODULE ARGS` (or its injected form)."""
+
+    interpreter: list[str]  # the python and its options
+    extra_path: str  # appended to sys.path first ("" for none)
+    module: str
+    arguments: list[str]
+
+    @classmethod
+    def parse(cls, command: Sequence[str]) -> KernelCommand | None:
+        """None for a command of another shape (another language's kernel)."""
+        command = list(command)
+        for i, arg in enumerate(command[1:], 1):
+            if arg == "-m" and len(command) > i + 1:
+                return cls(command[:i], "", command[i + 1], command[i + 2 :])
+            if arg == "-c" and command[i + 1 : i + 2] == [INJECTED] and len(command) > i + 3:
+                return cls(command[:i], command[i + 2], command[i + 3], command[i + 4 :])
+            if not arg.startswith("-") or arg == "-c":
+                return None
+        return None
+
+    def standby_command(self, fifo: str) -> list[str]:
+        return [*self.interpreter, "-c", BOOT, fifo, self.extra_path, self.module]
+
+
+@dataclass
+class Standby:
+    """One pre-started container, for the launch it was made for."""
+
+    process: subprocess.Popen
+    fifo: Path  # on the host
+    variant: str  # its session mark's
+    kernel_launch: tuple  # the kernel launch it stands in for (`comparable`)
+    kernel: KernelCommand
+    identity: tuple  # of the image and kernel spec files, when it started
+
+    def fits(self, launch: tuple, command: KernelCommand | None, identity: tuple) -> bool:
+        """Whether a restart with `launch` (`comparable`) may take this standby."""
+        return (
+            self.process.poll() is None
+            and command is not None
+            and (command.interpreter, command.extra_path, command.module)
+            == (self.kernel.interpreter, self.kernel.extra_path, self.kernel.module)
+            and launch == self.kernel_launch
+            and identity == self.identity
+        )
+
+    def hand_over(self, arguments: list[str]) -> bool:
+        """Tell it the kernel's arguments; False if it is not there to read them."""
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)  # no reader: ENXIO at once
+        except OSError:
+            return False
+        try:
+            os.set_blocking(fd, True)
+            os.write(fd, json.dumps(arguments).encode())
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Stop it (its processes are killed by its mark by the caller)."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.fifo.unlink(missing_ok=True)
+
+
+def comparable(launch: Launch, mark: str) -> tuple:
+    """A launch as a standby compares it: the session's mark (which changes when a standby
+    takes over) left out."""
+    return (
+        [arg.replace(mark, "") for arg in launch.argv],
+        {name: value.replace(mark, "") for name, value in launch.env.items()},
+        launch.cwd,
+    )
+
+
+def start(container, command: list[str], kernel_launch: Launch, inputs: dict, identity: tuple):
+    """A standby for `container` (a KernelContainer) whose kernel was just started with
+    `command` and `kernel_launch` (planned from `inputs`); None for a kernel it cannot stand in
+    for (not `python -m MODULE`)."""
+    parsed = KernelCommand.parse(command)
+    if parsed is None:
+        return None
+    variant = secrets.token_hex(4)
+    private = private_mount(container.settings, container.session)
+    name = f"{FIFO}-{variant}"
+    fifo = Path(private.src, name)
+    os.mkfifo(fifo, 0o600)
+    session = container.session.with_variant(variant)
+    launch = plan(
+        container.settings, parsed.standby_command(f"{private.dst}/{name}"), session=session,
+        **inputs,
+    )  # fmt: skip
+    try:
+        process = container.start(launch, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError:
+        fifo.unlink(missing_ok=True)
+        return None
+    before = comparable(kernel_launch, container.session.mark)
+    return Standby(process, fifo, variant, before, parsed, identity)
+
+
+def file_identity(*paths: str | Path | None) -> tuple:
+    """What changes when a file is replaced or rewritten (for folders: the folder itself)."""
+    found = []
+    for path in paths:
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        found.append((info.st_ino, info.st_size, info.st_mtime_ns) if info else None)
+    return tuple(found)

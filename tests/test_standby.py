@@ -1,0 +1,125 @@
+"""Standby restarts (standby.py): a restart takes the pre-started container, which held no key
+and ran nothing before; a changed spec discards it; nothing of it outlives its kernel.
+
+Run as root and as an unprivileged user (scripts/test-as-user: lifecycle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from kernels import run, running_kernel
+
+from container_kernel.sessions import marked_processes
+
+pytestmark = pytest.mark.lifecycle
+
+WHO = "import os; print(os.environ['CONTAINER_KERNEL_SESSION'], os.getpid(), os.nice(0))"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def waiting_standby(km, timeout: float = 20):
+    """The kernel's standby once its Python has imported ipykernel (its warm thread is gone)."""
+    container = km.provisioner._container
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        standby = container.standby
+        if standby is not None:
+            mark = container.session.with_variant(standby.variant).mark
+            pythons = [p for p in marked_processes(mark, inside_only=True) if alive(p)]
+            if pythons and all(len(os.listdir(f"/proc/{p}/task")) == 1 for p in pythons):
+                return standby, mark, pythons
+        time.sleep(0.1)
+    raise AssertionError("no standby ready within 20 s")
+
+
+def test_a_restart_hands_the_kernel_to_its_standby(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        run(kc, "x = 1; open('/tmp/kept', 'w').write('here')")
+        _standby, mark, pythons = waiting_standby(km)
+        key, connection = km.session.key.decode(), os.path.basename(km.connection_file)
+        for pid in pythons:  # it was told nothing: no key, no connection file
+            seen = (
+                Path(f"/proc/{pid}/cmdline").read_bytes()
+                + Path(f"/proc/{pid}/environ").read_bytes()
+            )
+            assert key.encode() not in seen
+            assert connection.encode() not in seen
+            assert not [f for f in os.listdir(f"/proc/{pid}/fd")
+                        if connection in os.readlink(f"/proc/{pid}/fd/{f}")]  # fmt: skip
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        session, pid, nice = run(kc, WHO).split()
+        assert (session == mark and int(pid) in pythons) or session == mark
+        assert nice == "0"  # the kernel runs at normal priority (only the imports did not)
+        assert run(kc, "print('x' in dir())").strip() == "False"  # a fresh kernel
+        assert run(kc, "print(open('/tmp/kept').read())").strip() == "here"  # its /tmp, as before
+        assert run(kc, "print(6 * 7)").strip() == "42"
+        # and the next standby comes for the next restart
+        assert waiting_standby(km)[1] != mark
+
+
+def test_an_interrupt_after_a_standby_restart_arrives_once(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        waiting_standby(km)
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        msg_id = kc.execute("import time\ntry:\n  time.sleep(20)\nexcept KeyboardInterrupt:\n"
+                            "  time.sleep(1.5); print('once')")  # fmt: skip
+        time.sleep(1.5)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=15)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "ok"  # a second SIGINT would have raised
+        assert run(kc, "print(1 + 1)").strip() == "2"
+
+
+def test_a_changed_kernel_spec_discards_the_standby(kernel_spec, jupyter_dirs, notebook_dir):
+    name = kernel_spec()
+    spec_file = jupyter_dirs["JUPYTER_PATH"] / "kernels" / name / "kernel.json"
+    with running_kernel(name, str(notebook_dir)) as (km, kc):
+        _standby, mark, pythons = waiting_standby(km)
+        spec = json.loads(spec_file.read_text())
+        spec["display_name"] += " (edited)"
+        spec_file.write_text(json.dumps(spec))
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        session = run(kc, WHO).split()[0]
+        assert session != mark  # started cold
+        assert [p for p in pythons if alive(p)] == []  # and the standby is gone
+
+
+def test_without_standby_no_second_container(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(standby=False), str(notebook_dir)) as (km, kc):
+        mark = km.provisioner._session.name
+        time.sleep(2)
+        assert km.provisioner._container.standby is None
+        assert {p for p in marked_processes(mark, variants=True) if alive(p)} == {
+            p for p in marked_processes(mark) if alive(p)
+        }
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        assert run(kc, WHO).split()[0] == mark
+
+
+def test_shutdown_takes_the_standby_along(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, _kc):
+        _, _, pythons = waiting_standby(km)
+        mark = km.provisioner._session.name
+    deadline = time.monotonic() + 10
+    while [p for p in marked_processes(mark, variants=True) if alive(p)] and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert [p for p in marked_processes(mark, variants=True) if alive(p)] == []
+    assert [p for p in pythons if alive(p)] == []
