@@ -20,9 +20,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import TraitError
 
-from . import gpus, kernelspec
+from . import gpus, images, kernelspec
 from .errors import ContainerKernelError
 from .kernel import command_inside
+from .launch import local_image
 from .probe import Facts, probe
 from .runtimes import Runtime, find_runtime
 from .runtimes.charliecloud import gpu_refusal
@@ -60,7 +61,8 @@ def check_spec(name: str, entry: dict[str, Any], report: Report) -> None:
     if str(spec.get("language", "python")).lower() == "python":
         ready = _environment(settings, interpreter, report)
     else:  # its kernel's start says the rest (kernel_info answers for every language)
-        ready = _runtime(settings, report) is not None and _image(settings.image, report)
+        runtime = _runtime(settings, report)
+        ready = _image(settings, runtime, report) and runtime is not None
     if ready:
         _start(report, lambda: KernelManager(kernel_name=name, config=site_config()))
 
@@ -92,7 +94,7 @@ def check_image(image: str, flags: dict[str, Any], interpreter: str, report: Rep
 def _environment(settings: ContainerSettings, interpreter: str, report: Report) -> Facts | None:
     """Runtime, what it can do, the image, the interpreter inside: the facts if all is well."""
     runtime = _runtime(settings, report)
-    image_ok = _image(settings.image, report)
+    image_ok = _image(settings, runtime, report)
     if runtime is None or not image_ok:
         return None
     try:
@@ -101,11 +103,15 @@ def _environment(settings: ContainerSettings, interpreter: str, report: Report) 
         report.fail("python", f"{err} - install Python 3 in the image, or name its interpreter")
         return None
     report.ok("python", f"{facts.executable} {facts.python} ({facts.implementation})")
-    if facts.ipykernel is None:
+    if facts.ipykernel is None and settings.inject_kernel == "never":
         report.fail(
-            "ipykernel", f"{facts.error} - install ipykernel in the image (pip install ipykernel)"
-        )
+            "ipykernel", f"{facts.error} - install ipykernel in the image (pip install ipykernel), "
+            "or set inject_kernel to 'auto' to provide it from the host"
+        )  # fmt: skip
         return None
+    if facts.ipykernel is None or settings.inject_kernel == "always":
+        report.ok("ipykernel", "provided from the host at start (inject_kernel), once built")
+        return facts
     report.ok("ipykernel", facts.ipykernel)
     if facts.debugger:
         report.ok("debugger", f"yes, debugpy {facts.debugpy} (JupyterLab's debugger works)")
@@ -139,10 +145,13 @@ def _runtime(settings: ContainerSettings, report: Report) -> Runtime | None:
     return runtime
 
 
-def _image(image: str, report: Report) -> bool:
+def _image(settings: ContainerSettings, runtime: Runtime | None, report: Report) -> bool:
+    image = settings.image
     if not image:
         report.fail("image", "none set - set `image` (or $CONTAINER_KERNEL_IMAGE)")
         return False
+    if images.is_reference(image):
+        return _registry_image(settings, runtime, report)
     if "://" in image:
         report.ok("image", f"{image} (the runtime fetches it)")
         return True
@@ -154,6 +163,20 @@ def _image(image: str, report: Report) -> bool:
         report.fail("image", f"{path} is not readable by you - chmod a+rX it, or ask its owner")
         return False
     report.ok("image", f"{path} ({image_kind(path) or 'of an unknown kind'}, readable)")
+    return True
+
+
+def _registry_image(settings: ContainerSettings, runtime: Runtime | None, report: Report) -> bool:
+    """Pulled now if it is not cached yet, its progress shown."""
+    if runtime is None:
+        report.fail("image", f"{settings.image} cannot be pulled without a runtime")
+        return False
+    try:
+        path = local_image(settings, runtime, lambda line: print(f"  {line}", flush=True))
+    except ContainerKernelError as err:
+        report.fail("image", str(err))
+        return False
+    report.ok("image", f"{settings.image}, pulled once: {path}")
     return True
 
 

@@ -215,12 +215,13 @@ def run_pull(argv: list[str], env: dict[str, str], reference: str, root: Path,
         msg = f"Cannot pull {reference}: {argv[0]}: {err.strerror}."
         raise ContainerKernelError(msg) from None
     lines: list[str] = []
-    for raw in _lines(process.stdout):
-        line = _ANSI.sub("", raw).strip()
-        if line and (not lines or line != lines[-1]):
-            lines.append(line)
-            progress(line)
-    if process.wait() != 0:
+    with process:
+        for raw in _lines(process.stdout):
+            line = _ANSI.sub("", raw).strip()
+            if line and (not lines or line != lines[-1]):
+                lines.append(line)
+                progress(line)
+    if process.returncode != 0:
         raise ContainerKernelError(pull_failure(reference, lines[-8:], root))
 
 

@@ -42,7 +42,7 @@ def plan_kernels(
     """Every kernel the image offers (`effective`: with the site's settings, to run it; the
     spec keeps `settings` alone). `interpreter` named: that Python only, and it must work."""
     if interpreter:
-        facts = require_ipykernel(probe(effective, interpreter), interpreter, effective.image)
+        facts = _python_facts(effective, interpreter)
         return [_python(settings, PYTHON_KERNEL, interpreter, facts, display_name)]
     try:
         found = find_kernels(effective)
@@ -53,7 +53,7 @@ def plan_kernels(
     planned, failures = [], []
     for name, python in pythons:
         try:
-            facts = require_ipykernel(probe(effective, python), python, effective.image)
+            facts = _python_facts(effective, python)
         except ContainerKernelError as err:
             failures.append(err)
             continue
@@ -63,6 +63,15 @@ def plan_kernels(
     for err in failures:
         say(f"  (no Python kernel: {err})")
     return planned + others
+
+
+def _python_facts(effective: ContainerSettings, interpreter: str) -> Facts:
+    """The probe's facts of a Python that can run a kernel: with ipykernel, or without when
+    the host provides it (inject_kernel)."""
+    facts = probe(effective, interpreter)
+    if effective.inject_kernel == "never":
+        return require_ipykernel(facts, interpreter, effective.image)
+    return facts
 
 
 def choose(planned: list[Planned], wanted: Sequence[str] | None) -> list[Planned]:
@@ -92,10 +101,11 @@ def _python(
     spec = kernelspec.kernel_dict(settings, display_name, interpreter, facts)
     debugger = f"debugpy {facts.debugpy}" if facts.debugger else "no debugger"
     encryption = "encryptable channels" if facts.curve else "no encryption (ipykernel < 7)"
-    summary = (
-        f"Python: {facts.executable} {facts.python}, ipykernel {facts.ipykernel}, {debugger}, "
-        f"{encryption}"
-    )
+    kernel = f"ipykernel {facts.ipykernel}"
+    if facts.ipykernel is None:
+        kernel, debugger, encryption = "ipykernel provided from the host at start", "", ""
+    details = ", ".join(part for part in (kernel, debugger, encryption) if part)
+    summary = f"Python: {facts.executable} {facts.python}, {details}"
     return Planned(name, spec, None, summary)
 
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import homes, languages, processes, sessions, standby
+from . import homes, kernel_check, languages, processes, sessions, standby
 from .images import Progress
 from .launch import Launch, local_image, plan, private_mount
 from .runtimes import find_runtime
@@ -94,8 +94,12 @@ class KernelContainer:
         languages.prepare_home(self.language, home)
         inside = homes.home_inside() if home is not None else None
         runtime = find_runtime(self.settings.runtime, self.settings.runtime_path)
+        image = local_image(self.settings, runtime, self.progress)
+        progress = self.progress or (lambda line: None)
+        command, binds = kernel_check.kernel_command(self.settings, image, command, progress)
         inputs = {
-            "image": local_image(self.settings, runtime, self.progress),
+            "image": image,
+            "extra_binds": binds,
             "cwd": cwd,
             "home": home,
             "host_env": dict(host_env),

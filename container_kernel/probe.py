@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .errors import ContainerKernelError, runtime_message
 from .launch import plan
+from .runtimes import Bind
 from .sessions import Session
 from .settings import ContainerSettings
 
@@ -102,12 +104,22 @@ def _version(text: str | None) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def run_in_image(settings: ContainerSettings, command: list[str]) -> subprocess.CompletedProcess:
-    """Run `command` once in the image with the kernel's settings (no home, in `/`), its output
-    captured; nothing of it stays (its session ends)."""
+def run_in_image(
+    settings: ContainerSettings,
+    command: list[str],
+    *,
+    image: str | None = None,
+    extra_binds: Sequence[Bind] = (),
+) -> subprocess.CompletedProcess:
+    """Run `command` once in the image (`image`: its local copy, when the caller has it) with
+    the kernel's settings (no home, in `/`), its output captured; nothing of it stays (its
+    session ends)."""
     session = Session.create()
     try:
-        launch = plan(settings, command, cwd="/", home=None, host_env=os.environ, session=session)
+        launch = plan(
+            settings, command, cwd="/", home=None, host_env=os.environ, session=session,
+            image=image, extra_binds=extra_binds,
+        )  # fmt: skip
         return subprocess.run(
             launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, check=False
         )

@@ -145,7 +145,9 @@ def gpu_refusal(image: str, gpu: str | None) -> str | None:
 def _refuse_unsupported(request: ExecRequest) -> None:
     if refusal := gpu_refusal(request.image, request.gpu):
         raise ContainerKernelError(refusal)
-    if read_only := [b.spec() for b in request.binds if b.read_only]:
+    # (our own read-only folders, an injected ipykernel, go read-write: they hold nothing the
+    # user would lose and ch-run cannot do otherwise)
+    if read_only := [b.spec() for b in request.binds if b.read_only and not b.staging]:
         msg = f"ch-run cannot bind read-only: {', '.join(read_only)}; drop ':ro' or use Apptainer."
         raise ContainerKernelError(msg)
 
@@ -289,12 +291,16 @@ def pull(
         raise ContainerKernelError(msg)
     storage = cache.root / "ch-image"
     name = f"ck-{cache_key(reference)}-{time.time_ns():x}"
-    argv = [ch_image, "--storage", str(storage), "pull", *pull_args,
+    # --no-cache: its build cache is a git repository, which fails without a git identity
+    argv = [ch_image, "--storage", str(storage), "--no-cache", "pull", *pull_args,
             reference.removeprefix("docker://"), name]  # fmt: skip
+    # ch-image runs `env python3`: the one installed beside it (a venv's lacks its modules)
+    env = with_user(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(ch_image), env.get("PATH", "")])
     waiting = f"Waiting for another ch-image pull into {storage} (one at a time)."
     with cache.lock("ch-image-storage", waiting, progress):
         try:
-            run_pull(argv, with_user(os.environ), reference, cache.root, progress)
+            run_pull(argv, env, reference, cache.root, progress)
         except ContainerKernelError:
             shutil.rmtree(storage / "img" / name, ignore_errors=True)
             raise
