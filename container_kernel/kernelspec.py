@@ -23,7 +23,9 @@ from .settings import ContainerSettings, site_config
 
 PROVISIONER_NAME = "container-provisioner"
 MARK = "container_kernel"  # metadata.container_kernel: what we learned and who made the spec
-IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
+SIF_SUFFIXES = (".sif", ".simg", ".img")
+SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
+IMAGE_SUFFIXES = SIF_SUFFIXES + SQUASHFS_SUFFIXES
 LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")  # JupyterLab's Launcher shows them
 
 

@@ -27,14 +27,13 @@ from traitlets.config import Config
 from . import cells, homes
 from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError, runtime_message
-from .kernelspec import default_kernel_name
+from .kernelspec import IMAGE_SUFFIXES, default_kernel_name
 from .launch import plan
 from .sessions import Session
 from .settings import ContainerSettings
 from .slurm import SlurmCell
 
 PYTHON = re.compile(r"python[0-9.]*")
-IMAGE_SUFFIXES = (".sif", ".simg", ".img", ".sqfs", ".squashfs")
 
 # Runs inside the container (any Python 3.6+), as `python3 run.py FOLDER`: FOLDER comes as an
 # argument, so a runtime that relocates the folder rewrites it. It loads the -i values, runs the

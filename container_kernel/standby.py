@@ -4,8 +4,9 @@ Most of a (re)start is Python importing ipykernel inside the container. Once a k
 second container is started with the same launch (image, binds, environment, home, private
 /tmp) under a mark of its own (sessions.py), whose Python imports ipykernel in a thread at the
 lowest CPU priority (nice is per thread on Linux: the kernel it becomes runs at normal priority)
-and waits on a FIFO in the private folder. A restart writes the kernel's module and arguments
-into the FIFO: the standby runs them as `python -m` would. It is told nothing before: no
+and waits on a FIFO in a folder bound into it alone (not in the /tmp it shares with the kernel:
+nothing the kernel runs sees it). A restart writes the kernel's module and arguments into the
+FIFO: the standby runs them as `python -m` would. It is told nothing before: no
 connection file name, no key, and it runs no user code until then.
 
 A standby is used only if the restart's launch is the one it was made for (same argv and
@@ -19,14 +20,17 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .launch import Launch, plan, private_mount
+from .launch import Launch, plan
+from .runtimes import Bind
 
-FIFO = ".container-kernel-standby"
+STANDBY_MOUNT = "/mnt/container-kernel-standby"  # the standby's own folder, inside
+FIFO = "start"
 # Run inside by the image's Python (any 3.x): argv = [-c, fifo, sys.path addition or "", module].
 BOOT = r"""
 import json, os, runpy, sys, threading
@@ -94,7 +98,7 @@ class Standby:
     """One pre-started container, for the launch it was made for."""
 
     process: subprocess.Popen
-    fifo: Path  # on the host
+    fifo: Path  # on the host, in a folder of its own
     variant: str  # its session mark's
     kernel_launch: tuple  # the kernel launch it stands in for (`comparable`)
     kernel: KernelCommand
@@ -136,7 +140,7 @@ class Standby:
             if pipe:
                 with contextlib.suppress(OSError):
                     pipe.close()
-        self.fifo.unlink(missing_ok=True)
+        shutil.rmtree(self.fifo.parent, ignore_errors=True)
 
 
 def comparable(launch: Launch, mark: str) -> tuple:
@@ -157,19 +161,20 @@ def start(container, command: list[str], kernel_launch: Launch, inputs: dict, id
     if parsed is None:
         return None
     variant = secrets.token_hex(4)
-    private = private_mount(container.settings, container.session)
-    name = f"{FIFO}-{variant}"
-    fifo = Path(private.src, name)
+    folder = container.session.folder / f"standby-{variant}"
+    folder.mkdir(mode=0o700)
+    fifo = folder / FIFO
     os.mkfifo(fifo, 0o600)
     session = container.session.with_variant(variant)
+    own = Bind(str(folder), STANDBY_MOUNT, staging="standby")
     launch = plan(
-        container.settings, parsed.standby_command(f"{private.dst}/{name}"), session=session,
-        **inputs,
+        container.settings, parsed.standby_command(f"{STANDBY_MOUNT}/{FIFO}"), session=session,
+        **{**inputs, "extra_binds": [*inputs.get("extra_binds", ()), own]},
     )  # fmt: skip
     try:
         process = container.start(launch, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except OSError:
-        fifo.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
     before = comparable(kernel_launch, container.session.mark)
     return Standby(process, fifo, variant, before, parsed, identity)

@@ -23,11 +23,10 @@ from . import installer, kernelspec
 from .errors import ContainerKernelError
 from .image_kernels import ImageKernel
 from .kernel import command_inside
+from .kernelspec import SIF_SUFFIXES, SQUASHFS_SUFFIXES
 from .probe import Facts
 from .settings import ContainerSettings, site_config
 
-SIF_SUFFIXES = (".sif", ".simg", ".img")
-SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
 LOCK_FILE = ".container-kernel-sync.lock"
 DRY_RUN_VERBS = {"added": "would add", "updated": "would update", "removed": "would remove"}
 

@@ -51,11 +51,22 @@ async def test_a_registry_image_is_pulled_once_then_started_from_the_cache(  # n
     name = kernel_spec(image=pushed, image_cache=str(cache))
     mark = registry.mark()
     managers = [AsyncKernelManager(kernel_name=name) for _ in range(2)]
+    gaps = [0.0]
+
+    async def ticker():  # the server's event loop, which every kernel of it shares
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.05)
+            gaps.append(time.monotonic() - before)
+
+    ticking = asyncio.ensure_future(ticker())
     try:
         await asyncio.gather(*(km.start_kernel(cwd=str(notebook_dir)) for km in managers))
         assert all([await km.is_alive() for km in managers])
     finally:
+        ticking.cancel()
         await asyncio.gather(*(km.shutdown_kernel(now=True) for km in managers))
+    assert max(gaps) < 2  # never blocked by the pull (seconds) or the wait for it
     blobs = [r for r in registry.requests_since(mark, name="ck-images/ipykernel") if "/blobs/" in r]
     assert blobs, "no pull"
     assert len(blobs) == len(set(blobs))  # each blob fetched once: one pull
@@ -201,3 +212,12 @@ def test_install_and_check_an_image_without_ipykernel(no_ipykernel_image, cache)
     facts = lines(out)
     assert facts["ipykernel"].startswith("ok provided from the host at start")
     assert facts["kernel"].startswith("ok started, kernel_info reply in ")
+
+
+def test_charliecloud_refuses_what_it_cannot_pull(cache):
+    from container_kernel.images import ImageCache, local_image
+    from container_kernel.runtimes import find_runtime
+
+    runtime = find_runtime("charliecloud")
+    with pytest.raises(ContainerKernelError, match=r"^Charliecloud pulls docker:// images"):
+        local_image("oras://127.0.0.1:5117/ck/x:1", runtime, ImageCache(cache))

@@ -568,3 +568,16 @@ def test_the_sites_config_reaches_the_magic(notebook_dir, tmp_path, monkeypatch,
         assert ip.user_ns["seen"].split() == ["1", "cell"]  # the site's, under the cell's
     finally:
         ip.configurables.remove(magics)
+
+
+def test_a_registry_image_is_pulled_once_with_its_progress_in_the_output(  # noqa: PLR0917
+    shell, runtime, registry, no_python_image, tmp_path, capsys
+):
+    image = registry.push(no_python_image, "ck-images/nopython:1")
+    line = f"--runtime {runtime} --image-cache {tmp_path / 'cache'} {image} cat /etc/debian_version"
+    shell.run_line_magic("container", line)
+    out = capsys.readouterr().out
+    assert f"%container: Pulling {image}" in out  # the pull's progress, then the command's output
+    assert "\n12." in out
+    shell.run_line_magic("container", line)  # from the cache: nothing pulled, nothing said
+    assert capsys.readouterr().out.startswith("12.")

@@ -57,6 +57,15 @@ def test_a_restart_hands_the_kernel_to_its_standby(kernel_spec, notebook_dir):
             assert connection.encode() not in seen
             assert not [f for f in os.listdir(f"/proc/{pid}/fd")
                         if connection in os.readlink(f"/proc/{pid}/fd/{f}")]  # fmt: skip
+        # and the kernel cannot reach it: its FIFO is in a folder bound into the standby alone
+        fifos = (
+            "import os, stat\nfound = []\nfor top in ('/tmp', '/mnt'):\n"
+            "    for folder, _, names in os.walk(top):\n"
+            "        found += [n for n in names\n"
+            "                  if stat.S_ISFIFO(os.lstat(os.path.join(folder, n)).st_mode)]\n"
+            "print(found)"
+        )
+        assert run(kc, fifos).strip() == "[]"
         km.restart_kernel(now=False)
         kc.wait_for_ready(timeout=60)
         session, pid, nice = run(kc, WHO).split()
