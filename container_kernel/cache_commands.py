@@ -8,6 +8,7 @@ the site's Jupyter config, then the flags.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -49,12 +50,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     settings.image = args.image
     runtime = find_runtime(settings.runtime, settings.runtime_path)
     cache = images.ImageCache(settings.image_cache, settings.image_cache_shared)
-    if not args.refresh and (entry := cache.find(args.image, runtime.cache_kind)):
+    refresh = args.refresh and not images.is_pinned(args.image)
+    if not refresh and (entry := cache.find(args.image, runtime.cache_kind)):
+        again = "a digest never changes" if args.refresh else "--refresh pulls it again"
         print(f"{args.image} is cached already: {entry.path} (pulled {_when(entry.pulled)}; "
-              "--refresh pulls it again).")  # fmt: skip
+              f"{again}).")  # fmt: skip
         return 0
     entry = images.local_image(
-        args.image, runtime, cache, refresh=args.refresh, pull_args=settings.pull_args,
+        args.image, runtime, cache, refresh=refresh, pull_args=settings.pull_args,
         progress=_stderr,
     )  # fmt: skip
     print(f"Pulled {args.image}: {entry.path} ({_size(entry.size())}).")
@@ -85,8 +88,9 @@ def _list(cache: images.ImageCache) -> int:
 
 
 def _clean(cache: images.ImageCache, references: list[str], everything: bool) -> int:
-    """Remove the named images, else what no record names (left by --refresh, or by a pull
-    killed over an hour ago); with --all, the whole cache. Shared caches are never touched."""
+    """Remove the named images, else what no record names (old copies left by --refresh, the
+    remains of a pull that was killed); with --all, the whole cache. A pull under way is left
+    alone, and shared caches are never touched."""
     freed = 0
     for entry in cache.entries():
         if entry.writable and (everything or entry.reference in references):
@@ -96,13 +100,44 @@ def _clean(cache: images.ImageCache, references: list[str], everything: bool) ->
         for name in ("sif", "ch-image", "refs", "locks", *OTHER_FOLDERS):
             freed += _remove(cache.root / name)
     elif not references:
-        named = {entry.path for entry in cache.entries() if entry.writable}
-        for folder in (cache.root / "sif", cache.root / "ch-image" / "img"):
-            for path in folder.glob("*") if folder.is_dir() else ():
-                if path not in named and time.time() - path.lstat().st_mtime > 3600:
-                    freed += _remove(path)
+        freed += _unnamed(cache)
     print(f"Freed {_size(freed)} in {cache.root}.")
     return 0
+
+
+def _unnamed(cache: images.ImageCache) -> int:
+    """Free what no record names, but the files of a pull under way."""
+    freed = 0
+    named = {entry.path for entry in cache.entries() if entry.writable}
+    for path in (cache.root / "sif").glob("*") if (cache.root / "sif").is_dir() else ():
+        if path not in named and not _being_written(path):
+            freed += _remove(path)
+    storage = cache.root / "ch-image" / "img"
+    if storage.is_dir():  # (ch-image pulls hold this lock)
+        with cache.lock("ch-image-storage", "Waiting for a ch-image pull to end.", _stderr):
+            for path in storage.iterdir():
+                if path not in named:
+                    freed += _remove(path)
+    return freed
+
+
+def _being_written(path: Path) -> bool:
+    """Ours (`.NAME.PID.partial`) while its process lives; the runtime's temporary files
+    (`tmp-copy-N`...) for an hour."""
+    if path.name.endswith(".partial"):
+        owner = path.name.rsplit(".", 2)[-2]
+        return owner.isdigit() and _alive(int(owner))
+    return not path.name.endswith(".sif") and time.time() - path.lstat().st_mtime < 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path) -> int:

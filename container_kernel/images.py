@@ -67,7 +67,7 @@ class Entry:
     path: Path
     record: Path
     pulled: float
-    writable: bool  # False: a shared cache's, used as it is
+    writable: bool  # False: a shared cache's (image_cache_shared), used as it is
 
     def size(self) -> int:
         if self.path.is_file():
@@ -87,7 +87,8 @@ class ImageCache:
         """The cached image of `reference` for a runtime of `kind`, if any (shared ones first:
         a site's warmed copy saves everyone a pull)."""
         for root in [*self.shared, self.root]:
-            entry = _read_record(root / "refs" / kind / f"{cache_key(reference)}.json", root)
+            record = root / "refs" / kind / f"{cache_key(reference)}.json"
+            entry = _read_record(record, root, writable=root == self.root)
             if entry is not None and entry.path.exists():
                 return entry
         return None
@@ -97,7 +98,7 @@ class ImageCache:
         found = []
         for root in [*self.shared, self.root]:
             for record in sorted((root / "refs").glob("*/*.json")):
-                entry = _read_record(record, root)
+                entry = _read_record(record, root, writable=root == self.root)
                 if entry is not None:
                     found.append(entry)
         return sorted(found, key=lambda e: -e.pulled)
@@ -135,7 +136,7 @@ class ImageCache:
         partial = record.with_name(f".{record.name}.{os.getpid()}")
         partial.write_text(json.dumps(values, indent=1) + "\n")
         partial.replace(record)
-        return _read_record(record, self.root)
+        return _read_record(record, self.root, writable=True)
 
     def remove(self, entry: Entry) -> int:
         """Forget one image of the writable cache and free its space; the bytes freed."""
@@ -187,7 +188,7 @@ def local_image(
         raise ContainerKernelError(msg) from None
 
 
-def _read_record(record: Path, root: Path) -> Entry | None:
+def _read_record(record: Path, root: Path, *, writable: bool) -> Entry | None:
     try:
         values = json.loads(record.read_text())
         return Entry(
@@ -196,7 +197,7 @@ def _read_record(record: Path, root: Path) -> Entry | None:
             path=root / values["path"],
             record=record,
             pulled=float(values["pulled"]),
-            writable=os.access(record.parent, os.W_OK),
+            writable=writable,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -6,17 +6,19 @@ tests/registry.py), real ch-image pulls, and the apptainer double's `pull`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from jupyter_client import AsyncKernelManager
 from kernels import run, running_kernel
-from test_cli import container_kernel
-from test_doctor import isolated, lines  # noqa: F401 (a fixture)
+from test_cli import container_kernel, jupyter_folders
+from test_doctor import lines
 
 from container_kernel import kernel_check
 from container_kernel.errors import ContainerKernelError
@@ -29,6 +31,12 @@ REGISTRY = str(Path(__file__).resolve().parent.parent / "scripts" / "registry")
 def pushed(registry, image) -> str:
     """The test image in the registry (pushed once per machine: cheap when it is there)."""
     return registry.push(image, TAG)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch, runtime) -> Path:
+    """Jupyter folders of the test's own (as test_cli's)."""
+    return jupyter_folders(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -179,24 +187,74 @@ def test_an_image_without_python_says_so(kernel_spec, notebook_dir, no_python_im
     assert message.startswith(f"python3 does not run in {no_python_image}")
 
 
-@pytest.mark.usefixtures("isolated")
-def test_pull_check_list_clean(pushed, cache):
+def test_pull_refresh_check_list_clean(isolated, registry, pushed, cache, runtime):
     pulled = container_kernel("pull", pushed, "--image-cache", str(cache))
     assert pulled.returncode == 0, pulled.stderr
     assert pulled.stdout.startswith(f"Pulled {pushed}")
     assert f"Pulling {pushed}" in pulled.stderr  # the progress
+    # the runtime's own caches are in the image cache too, not in $HOME
+    assert any((cache / {"apptainer": "apptainer", "charliecloud": "ch-image"}[runtime]).iterdir())
+    mark = registry.mark()
     again = container_kernel("pull", pushed, "--image-cache", str(cache))
     assert "is cached already" in again.stdout
-    checked = container_kernel("check", pushed, "--image-cache", str(cache))
+    assert registry.requests_since(mark, name="ck-images/ipykernel") == []
+    refreshed = container_kernel("pull", pushed, "--refresh", "--image-cache", str(cache))
+    assert refreshed.stdout.startswith(f"Pulled {pushed}")  # a moved tag: asked for
+    assert registry.requests_since(mark, name="ck-images/ipykernel")
+    digest = _digest(registry, "ck-images/ipykernel", "1")
+    pinned = pushed.replace(":1", f"@{digest}")
+    assert container_kernel("pull", pinned, "--image-cache", str(cache)).returncode == 0
+    mark = registry.mark()
+    kept = container_kernel("pull", pinned, "--refresh", "--image-cache", str(cache))
+    assert "is cached already" in kept.stdout  # a digest never changes
+    assert registry.requests_since(mark, name="ck-images/ipykernel") == []
+
+    # a site's cache, read-only for its users, is used as it is
+    shared = json.dumps({"ContainerSettings": {"image_cache_shared": [str(cache)]}})
+    (isolated / "config").mkdir(exist_ok=True)
+    (isolated / "config" / "jupyter_config.json").write_text(shared)
+    own = cache.parent / "own-cache"
+    mark = registry.mark()
+    checked = container_kernel("check", pushed, "--image-cache", str(own))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     facts = lines(checked)
     assert facts["image"].startswith(f"ok {pushed}, pulled once: {cache}")
     assert facts["kernel"].startswith("ok started")
-    listed = container_kernel("cache", "list", "--image-cache", str(cache)).stdout
-    assert pushed in listed
+    assert registry.requests_since(mark, name="ck-images/ipykernel") == []
+    listed = container_kernel("cache", "list", "--image-cache", str(own)).stdout
+    assert f"{pinned}  " in listed
+    assert "(shared, read-only)" in listed
+    own_cleaned = container_kernel("cache", "clean", "--all", "--image-cache", str(own)).stdout
+    assert "Removed" not in own_cleaned  # (its own image checks only)
+    assert pushed in container_kernel("cache", "list", "--image-cache", str(cache)).stdout
+
+    (isolated / "config" / "jupyter_config.json").unlink()
+    images_before = _image_files(cache)
+    cleaned = container_kernel("cache", "clean", "--image-cache", str(cache)).stdout
+    if runtime == "charliecloud":  # the copy --refresh replaced (a kernel might have used it)
+        assert _image_files(cache) == images_before - 1
+    assert "Freed" in cleaned
     cleaned = container_kernel("cache", "clean", pushed, "--image-cache", str(cache)).stdout
     assert f"Removed {pushed}" in cleaned
+    assert [e.name for e in cache.glob("refs/*/*.json")] != []  # the pinned one stays
+    container_kernel("cache", "clean", "--all", "--image-cache", str(cache))
     assert not list(cache.glob("refs/*/*.json"))
+    assert _image_files(cache) == 0
+
+
+def _image_files(cache: Path) -> int:
+    return len([*cache.glob("sif/*.sif"), *cache.glob("ch-image/img/*")])
+
+
+def _digest(registry, name: str, tag: str) -> str:
+    """The manifest digest the registry gives a tag."""
+    request = urllib.request.Request(
+        f"https://{registry.address}/v2/{name}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                           "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.headers["Docker-Content-Digest"]
 
 
 @pytest.mark.usefixtures("isolated")
