@@ -219,3 +219,24 @@ def test_a_cell_as_a_job_on_the_compute_node(cluster, image, runtime, notebook_d
         assert wait_no_jobs(timeout=15) == []
     finally:
         ip.configurables.remove(magics)
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)
+def test_a_registry_image_is_pulled_where_the_server_runs(  # noqa: PLR0917
+    cluster, kernel_spec, notebook_dir, registry, image, tmp_path
+):
+    # the node (a network namespace of its own) cannot reach the registry on our 127.0.0.1:
+    # the server pulls, into an image cache the node shares, and the node runs that copy
+    pushed = registry.push(image, "ck-images/ipykernel:1")
+    cache = tmp_path / "image-cache"
+    name = kernel_spec(
+        "ck-slurm-registry", launcher="slurm", image=pushed, image_cache=str(cache),
+        pass_env=["SLURM_*"],
+    )  # fmt: skip
+    mark = registry.mark()
+    with running_kernel(name, str(notebook_dir)) as (km, kc):
+        assert km.ip == cluster
+        assert run(kc, "import os; print(os.environ.get('SLURM_JOB_ID') is not None)") == "True\n"
+    assert registry.requests_since(mark, name="ck-images/ipykernel")
+    assert list(cache.glob("refs/*/*.json"))
+    assert wait_no_jobs() == []
