@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import zmq
 from jupyter_client.provisioning import LocalProvisioner
 
 from . import processes
+from .encryption import cannot_encrypt, spec_encrypts
 from .errors import ContainerKernelError
 from .kernel import KernelContainer, command_inside
 from .launch import Launch
@@ -31,6 +31,7 @@ from .startup import KernelStartError, StartupWatch
 
 PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 3
+SHUTDOWN_WATCH = 1.0  # seconds
 STANDBY_DELAY = 0.5  # seconds: the kernel's first replies go first
 STANDBY_STARTER = ThreadPoolExecutor(1, thread_name_prefix="container-kernel-standby")
 
@@ -45,14 +46,18 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         """Wrap the kernel command (argv as the kernel spec gives it) in the runtime's exec."""
         if isinstance(self._container, SlurmKernel):  # a restart: the last node's address is
             self.parent.ip = self._container.server_ip  # not ours (LocalProvisioner checks)
-        encrypt = self.launcher == "slurm" and self.encryption != "off" and self._spec_encrypts()
+        encrypt = (
+            self.launcher == "slurm"
+            and self.encryption != "off"
+            and spec_encrypts(self.kernel_spec)
+        )
         if encrypt:  # (LocalProvisioner makes the keys; they go to the node with the key)
             kwargs["transport_encryption"] = "auto"
         kwargs = await super().pre_launch(**kwargs)
         cwd = self._kernel_cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         try:
             if self.launcher == "slurm" and self.encryption == "required" and not encrypt:
-                raise ContainerKernelError(self._cannot_encrypt())
+                raise ContainerKernelError(cannot_encrypt())
             # (a registry image's first start pulls it, or waits for another kernel's pull:
             # not on the event loop, which every kernel of the server shares)
             launch = await asyncio.to_thread(self._plan, kwargs, cwd)
@@ -102,25 +107,6 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
     def _progress(self, line: str) -> None:
         """A registry image's pull, in the server's log."""
         self.log.info("container-kernel: %s: %s", self.kernel_id, line)
-
-    def _spec_encrypts(self) -> bool:
-        """Whether the spec declares an ipykernel that applies CurveZMQ keys (and ours can)."""
-        declared = (self.kernel_spec.metadata or {}).get("supported_encryption") or ()
-        declared = [declared] if isinstance(declared, str) else declared
-        return "curve" in {str(item).lower() for item in declared} and zmq.has("curve")
-
-    def _cannot_encrypt(self) -> str:
-        why = (
-            "this server's pyzmq has no CURVE support"
-            if not zmq.has("curve")
-            else "its kernel spec does not declare metadata.supported_encryption ['curve']: the "
-            "image needs ipykernel 7 (reinstall the spec with `container-kernel install`, which "
-            "detects it)"
-        )
-        return (
-            f"Encrypted channels are required (encryption = 'required') for a kernel on a "
-            f"compute node, but {why}."
-        )
 
     def _has_restarter(self) -> bool:
         """Whether jupyter_client's restarter watches this kernel and will count a failed
@@ -254,6 +240,16 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         ):
             return
         await super().send_signal(signum)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """The kernel was asked to shut down: it exits within ~0.1 s. Look every 5 ms (up to
+        SHUTDOWN_WATCH), so that jupyter_client, which polls every 0.1 s, finds it gone at its
+        first look: a restart goes on that much sooner. (Not reaped: see poll.)"""
+        await super().shutdown_requested(restart=restart)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_WATCH
+        while self.process and not processes.exited(self.process.pid) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def cleanup(self, restart: bool = False) -> None:
         """End this kernel's session at shutdown (what it started, its private folder with a
