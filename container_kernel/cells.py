@@ -88,12 +88,10 @@ def _start_guard(session: Session) -> subprocess.Popen | None:
 
 
 def _stop_guard(guard: subprocess.Popen) -> None:
+    """The session has ended: the guard has nothing left to do (a blocking wait: no polling)."""
+    guard.kill()
     guard.stdin.close()
-    try:
-        guard.wait(10)
-    except subprocess.TimeoutExpired:
-        guard.kill()
-        guard.wait()
+    guard.wait()
 
 
 @dataclass(frozen=True)

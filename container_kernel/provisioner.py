@@ -27,9 +27,8 @@ from .launch import Launch
 from .sessions import Session
 from .settings import ContainerSettings
 from .slurm import PORTS, SlurmKernel
-from .startup import KernelStartError, StartupWatch
+from .startup import PORT_TAKEN, PORT_TAKEN_STATUS, KernelStartError, StartupWatch
 
-PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 3
 SHUTDOWN_WATCH = 1.0  # seconds
 STANDBY_DELAY = 0.5  # seconds: the kernel's first replies go first
@@ -180,6 +179,10 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             self._restarting = False
             self._prepare_standby()
             return connection_info, None
+        if status == PORT_TAKEN_STATUS:  # it said so, and may hang: end it, then say why
+            processes.kill_group(self.pgid)
+            await asyncio.to_thread(self._container.runtime_exited, self.pgid)
+            status = await asyncio.to_thread(self.process.wait)
         return connection_info, await self._startup_failure(status)
 
     def _prepare_standby(self) -> None:

@@ -31,6 +31,7 @@ from .runtimes import Bind
 
 STANDBY_MOUNT = "/mnt/container-kernel-standby"  # the standby's own folder, inside
 FIFO = "start"
+DISCARD_GRACE = 1.0  # seconds a discarded standby has to exit by itself
 # Run inside by the image's Python (any 3.x): argv = [-c, fifo, sys.path addition or "", module].
 BOOT = r"""
 import json, os, runpy, sys, threading
@@ -115,6 +116,10 @@ class Standby:
             and identity == self.identity
         )
 
+    def hand_over_nothing(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+
     def hand_over(self, arguments: list[str]) -> bool:
         """Tell it the kernel's arguments; False if it is not there to read them."""
         try:
@@ -131,11 +136,17 @@ class Standby:
             os.close(fd)
 
     def discard(self) -> None:
-        """Stop it (its processes are killed by its mark by the caller)."""
-        with contextlib.suppress(OSError):
-            self.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        """Stop it: an empty start (EOF on its FIFO) lets it exit by itself, so its runtime
+        tears down as usual (the apptainer double unmounts a SIF); else it is killed (and what
+        it left is, by its mark, by the caller)."""
+        self.hand_over_nothing()
+        try:
+            self.process.wait(timeout=DISCARD_GRACE)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe:
                 with contextlib.suppress(OSError):

@@ -18,6 +18,9 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import ContainerKernelError, runtime_message
 
+PORT_TAKEN = "Address already in use"
+PORT_TAKEN_STATUS = -1000  # what _wait_for_listening returns for a kernel that said so
+
 
 class KernelStartError(ContainerKernelError, HTTPError):
     """A start that failed, with its one-line cause. Also a tornado HTTPError, as gateway
@@ -62,7 +65,9 @@ class StartupWatch(LoggingConfigurable):
             status = await self.poll()
             if status is not None or await self._kernel_listening():
                 return status
-            await asyncio.sleep(0.05)
+            if self._port_taken():
+                return PORT_TAKEN_STATUS
+            await asyncio.sleep(0.005)  # (a connect attempt: cheap)
         return None
 
     async def _ports_released(self, timeout: float = 3.0) -> None:
@@ -75,6 +80,12 @@ class StartupWatch(LoggingConfigurable):
         deadline = loop.time() + timeout
         while await self._kernel_listening() and loop.time() < deadline:
             await asyncio.sleep(0.01)
+
+    def _port_taken(self) -> bool:
+        """The kernel said a port was taken (jupyter_client picks them, the kernel binds them
+        later: another process may take one meanwhile, jupyter_client#487): some ipykernels
+        hang after saying so instead of exiting."""
+        return any(PORT_TAKEN in line for line in self._stderr_tail or ())
 
     async def _startup_failure(self, status: int) -> str:
         if self._stderr_reader is not None:  # read the runtime's last words first

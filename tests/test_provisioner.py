@@ -257,6 +257,26 @@ def test_image_without_ipykernel_reports_the_kernels_own_error(kernel_spec, note
     km.cleanup_resources()
 
 
+def test_a_kernel_that_finds_a_port_taken_and_hangs_is_started_again(kernel_spec, notebook_dir):
+    # jupyter_client#487: a port taken between its choice and the kernel's bind; ipykernel 6.17
+    # under ch-run says so, then hangs. Here a kernel that always does: three tries, each ended
+    # at once (not after startup_check_timeout), then the start fails saying why.
+    name = kernel_spec()
+    spec_file = Path(os.environ["JUPYTER_PATH"], "kernels", name, "kernel.json")
+    spec = json.loads(spec_file.read_text())
+    hang = ("import sys, time; sys.stderr.write('zmq.error.ZMQError: Address already in use "
+            "(addr=tcp://127.0.0.1:1)\\n'); sys.stderr.flush(); time.sleep(60)")  # fmt: skip
+    spec["argv"] = ["python3", "-c", hang, "{connection_file}"]
+    spec_file.write_text(json.dumps(spec))
+    km = KernelManager(kernel_name=name)
+    started = time.monotonic()
+    with pytest.raises(ContainerKernelError, match=r"^zmq.error.ZMQError: Address already in use"):
+        km.start_kernel(cwd=str(notebook_dir))
+    assert time.monotonic() - started < 8  # (three tries; not 3 x 10 s)
+    km.cleanup_resources()
+    assert sessions_left() == []
+
+
 def test_notebook_in_the_home_folder_keeps_the_fake_home(kernel_spec, real_home_tmp):
     real_home = real_home_tmp.parent
     (real_home_tmp / "only-here").write_text("real home")
