@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ContainerKernelError
+from .pip_failures import canonical, failure, no_space
 
 REQUIREMENT = "ipykernel>=6"  # ipykernel 5 lacks the debugger; 4 would "resolve" with anything
 MIN_PYTHON = (3, 7)  # what ipykernel 6.0 needs
@@ -92,10 +93,6 @@ except (ImportError, AttributeError):
 sys.argv[0] = "pip"
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)
@@ -190,8 +187,8 @@ def kernel_site(
         try:
             code, lines = _pip(_pip_argv(target, tags, pins, build, source), build, python, log)
             if code != 0:
-                why = _failure(lines, target=target, pins=pins, about=about, source=source)
-                raise ContainerKernelError(why or _no_space(folder))
+                why = failure(lines, target=target, pins=pins, about=about, source=source)
+                raise ContainerKernelError(why or no_space(folder))
             record = {"python": target.python, "libc": f"{target.libc} {target.libc_version}",
                       "platforms": tags, "requirement": REQUIREMENT, "source": source,
                       **_tidy(build / "site")}  # fmt: skip
@@ -200,7 +197,7 @@ def kernel_site(
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
-            raise ContainerKernelError(_no_space(folder)) from err
+            raise ContainerKernelError(no_space(folder)) from err
         finally:
             shutil.rmtree(build, ignore_errors=True)
     log(f"ipykernel for {about} is in {final}")
@@ -297,66 +294,3 @@ def _stub(folder: Path, name: str, version: str, tag: str) -> None:
     with zipfile.ZipFile(folder / f"{info[:-10]}-1-{tag}.whl", "w") as wheel:
         for file, text in files.items():
             wheel.writestr(f"{info}/{file}", text)
-
-
-def _no_space(folder: Path) -> str:
-    return (
-        f"No space left on the device of {folder} while installing ipykernel there: free some, "
-        "or run `container-kernel cache clean`."
-    )
-
-
-NETWORK = re.compile(
-    r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
-    r"Failed to establish a new connection[^'\")]*|ProxyError|Max retries exceeded|timed out"
-)
-
-
-def _failure(lines: list[str], *, target: Target, pins: dict, about: str, source: dict) -> str:
-    """pip's failure as one line that leads with the cause ("": no space left)."""
-    text = "\n".join(lines)
-    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
-    last = errors[-1] if errors else (lines[-1] if lines else "pip said nothing")
-    if "No space left on device" in text or "[Errno 28]" in text:
-        return ""
-    if (network := NETWORK.search(text)) and not source.get("find_links"):
-        return (
-            f"Cannot reach the package index to install ipykernel for {about} "
-            f"({network.group(0)}): check the network or proxy, or set `inject_wheels` to a "
-            "folder of wheels (pip download) for offline clusters."
-        )
-    block = text.partition("The conflict is caused by:")[2].partition("\n\n")[0]
-    conflicts = re.findall(r"(\S+ \S+) depends on ([\w.-]+)(.*)", block)
-    # the first image package in the conflict, with the last (oldest, loosest) need of it
-    needs = {
-        canonical(n): (by, n, spec.strip()) for by, n, spec in conflicts if canonical(n) in pins
-    }
-    if needs:
-        depender, name, spec = next(iter(needs.values()))
-        return (
-            f"The image's {name} {pins[canonical(name)]} is "
-            f"{_age(spec, pins[canonical(name)])} for any ipykernel with "
-            f"wheels for {about} ({depender} needs {name}{spec}): upgrade {name} in the "
-            "image, or install ipykernel in it."
-        )
-    missing = re.search(r"No matching distribution found for (\S+)", text)
-    what = missing.group(1) if missing else "a consistent set of ipykernel's dependencies"
-    hint = "install ipykernel in the image"
-    if source.get("find_links"):
-        hint = f"`pip download` the wheels into {source['find_links']} for it, or {hint}"
-    if target.libc == "musl":
-        hint = f"many packages publish no musllinux wheels; {hint}"
-    return f"No wheel fits {what} for {about} ({last}): {hint}."
-
-
-def _age(spec: str, version: str) -> str:
-    """Why `version` misses pip's "<6.0 and >=4.1.0": too old, too new, or else."""
-    from packaging.specifiers import InvalidSpecifier, Specifier
-
-    try:
-        unmet = [c for c in re.split(r",| and ", spec) if c.strip() and version not in Specifier(c)]
-    except InvalidSpecifier:
-        unmet = []
-    if any(clause.strip().startswith((">", "~=")) for clause in unmet):
-        return "too old"
-    return "too new" if any(clause.strip().startswith("<") for clause in unmet) else "not usable"

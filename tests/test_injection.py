@@ -20,14 +20,8 @@ import traitlets
 from packaging.specifiers import SpecifierSet
 
 from container_kernel.errors import ContainerKernelError
-from container_kernel.injection import (
-    PROBE_SNIPPET,
-    RECORD,
-    Target,
-    _failure,
-    kernel_site,
-    platform_tags,
-)
+from container_kernel.injection import PROBE_SNIPPET, RECORD, Target, kernel_site, platform_tags
+from container_kernel.pip_failures import failure
 
 CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -245,7 +239,7 @@ def test_a_conflict_says_whether_the_image_package_is_too_old_or_too_new(version
     ]
     target = Target(python="3.11.2", libc_version="2.36", packages={"traitlets": version})
     about = "Python 3.11 on manylinux_2_36_x86_64"
-    message = _failure(
+    message = failure(
         pip_output, target=target, pins=target.packages, about=about, source={"index": None}
     )
     assert message.startswith(f"The image's traitlets {version} is {age} for any ipykernel")
