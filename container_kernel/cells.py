@@ -46,6 +46,61 @@ if Path(sys.argv[2]).exists():
 """
 
 
+# Runs inside the container (any Python 3.6+), as `python3 run.py FOLDER`: FOLDER comes as an
+# argument, so a runtime that relocates the folder rewrites it. It loads the -i values, runs the
+# cell as __main__ from the notebook's folder, and pickles the -o values back.
+RUNNER = """\
+def _container_kernel_run():
+    import os, sys  # (pickle and traceback only when needed: a cell's start is paid each time)
+    folder, outputs = sys.argv[1], sys.argv[2:]
+    path = os.path.join(folder, "cell.py")
+    sys.argv, sys.path[0] = [path], os.getcwd()
+    ns = sys.modules["__main__"].__dict__  # classes the cell defines pickle as __main__.X
+    del ns["_container_kernel_run"]
+    ns["__file__"] = path
+    inputs = os.path.join(folder, "in.pickle")
+    if os.path.exists(inputs):
+        import pickle
+        with open(inputs, "rb") as f:
+            for name, data in pickle.load(f).items():
+                try:
+                    ns[name] = pickle.loads(data)
+                except Exception as err:
+                    sys.exit("container-kernel: -i %s: cannot load it in the container (%s: %s); "
+                             "its class must come from a module both sides import, e.g. a .py "
+                             "next to the notebook." % (name, type(err).__name__, err))
+    with open(path) as f:
+        code = compile(f.read(), path, "exec")
+    try:
+        exec(code, ns)
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    except BaseException as err:
+        import traceback
+        traceback.print_exception(type(err), err, err.__traceback__.tb_next)
+        sys.exit(1)
+    if not outputs:
+        return
+    import pickle
+    values, failed = {}, []
+    for name in outputs:
+        try:
+            values[name] = pickle.dumps(ns[name], protocol=4)
+        except KeyError:
+            failed.append("-o %s: not defined in the cell" % name)
+        except Exception as err:
+            failed.append("-o %s: %s: %s" % (name, type(err).__name__, err))
+    if failed:
+        sys.exit("container-kernel: cannot bring back " + "; ".join(failed))
+    with open(os.path.join(folder, "out.pickle"), "wb") as f:
+        pickle.dump(values, f, protocol=4)
+
+
+_container_kernel_run()
+"""
+
+
 @contextlib.contextmanager
 def cell_session() -> Iterator[Session]:
     """A new session for one cell, ended when the cell is. Sessions whose kernel died (the

@@ -35,53 +35,6 @@ from .slurm import SlurmCell
 
 PYTHON = re.compile(r"python[0-9.]*")
 
-# Runs inside the container (any Python 3.6+), as `python3 run.py FOLDER`: FOLDER comes as an
-# argument, so a runtime that relocates the folder rewrites it. It loads the -i values, runs the
-# cell as __main__ from the notebook's folder, and pickles the -o values back.
-RUNNER = """\
-def _container_kernel_run():
-    import os, pickle, sys, traceback
-    folder, outputs = sys.argv[1], sys.argv[2:]
-    path = os.path.join(folder, "cell.py")
-    sys.argv, sys.path[0] = [path], os.getcwd()
-    ns = sys.modules["__main__"].__dict__  # classes the cell defines pickle as __main__.X
-    del ns["_container_kernel_run"]
-    ns["__file__"] = path
-    with open(os.path.join(folder, "in.pickle"), "rb") as f:
-        for name, data in pickle.load(f).items():
-            try:
-                ns[name] = pickle.loads(data)
-            except Exception as err:
-                sys.exit("container-kernel: -i %s: cannot load it in the container (%s: %s); its "
-                         "class must come from a module both sides import, e.g. a .py next to "
-                         "the notebook." % (name, type(err).__name__, err))
-    with open(path) as f:
-        code = compile(f.read(), path, "exec")
-    try:
-        exec(code, ns)
-    except SystemExit as done:
-        if done.code not in (None, 0):
-            raise
-    except BaseException as err:
-        traceback.print_exception(type(err), err, err.__traceback__.tb_next)
-        sys.exit(1)
-    values, failed = {}, []
-    for name in outputs:
-        try:
-            values[name] = pickle.dumps(ns[name], protocol=4)
-        except KeyError:
-            failed.append("-o %s: not defined in the cell" % name)
-        except Exception as err:
-            failed.append("-o %s: %s: %s" % (name, type(err).__name__, err))
-    if failed:
-        sys.exit("container-kernel: cannot bring back " + "; ".join(failed))
-    with open(os.path.join(folder, "out.pickle"), "wb") as f:
-        pickle.dump(values, f, protocol=4)
-
-
-_container_kernel_run()
-"""
-
 
 class ContainerCellError(subprocess.CalledProcessError):
     """The command in the container exited non-zero; shown as one short message, no traceback."""
@@ -251,9 +204,10 @@ class ContainerMagics(ContainerSettings, Magics):
             except Exception as err:  # pickling raises many types; each means "cannot send"
                 msg = f"-i {name}: cannot send it into the container ({type(err).__name__}: {err})."
                 raise UsageError(msg) from None
-        (host / "in.pickle").write_bytes(pickle.dumps(inputs, protocol=4))
+        if inputs:
+            (host / "in.pickle").write_bytes(pickle.dumps(inputs, protocol=4))
         (host / "cell.py").write_text(cell)
-        (host / "run.py").write_text(RUNNER)
+        (host / "run.py").write_text(cells.RUNNER)
         return [*command, f"{inside}/run.py", inside, *args.output]
 
     def _execute(
