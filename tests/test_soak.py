@@ -311,15 +311,18 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kernel_processes(runtime_pid: int) -> list[int]:
-    """The kernels (python3 -m ipykernel_launcher) at or below the runtime's process: the
-    runtime itself for ch-run, which execs the kernel."""
+    """The kernels (python3 -m ipykernel_launcher, or a standby that became one) at or below the
+    runtime's process: the runtime itself for ch-run, which execs the kernel."""
     kernels = []
     for pid in _descendants(runtime_pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[1:3] == [b"-m", b"ipykernel_launcher"]:
+        # (a kernel a standby became runs it as `python3 -c BOOT FIFO '' ipykernel_launcher`)
+        if argv[1:3] == [b"-m", b"ipykernel_launcher"] or (
+            argv[1:2] == [b"-c"] and b"ipykernel_launcher" in argv[3:]
+        ):
             kernels.append(pid)
     return kernels
 
