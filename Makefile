@@ -28,17 +28,22 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everything as root (a real JupyterHub, JupyterLab in Chromium, an OCI registry over HTTPS and a
-# Slurm cluster whose compute node has a network namespace of its own among it), then the security,
-# lifecycle and soak suites as an unprivileged user.
+# Everything as root on real Apptainer 1.4.5 and ch-run (with a real JupyterHub, JupyterLab in
+# Chromium, an OCI registry over HTTPS and a Slurm cluster whose compute node has a network
+# namespace of its own), the security and lifecycle suites on real SingularityCE 3.4.2 and
+# Singularity 2.6.1 too, then the security, lifecycle and soak suites as an unprivileged user
+# on all four. scripts/real-runtimes builds the real runtimes once per machine.
+LEGACY := singularity-3.4,singularity-2.6
 test: venv image lint
 	@scripts/system-packages --tests
+	@scripts/real-runtimes
 	@scripts/setup-browser
 	@scripts/setup-hub >/dev/null
 	@scripts/registry up
 	@scripts/slurm-cluster up
 	$(BIN)/python -m pytest
-	scripts/test-as-user
+	CK_TEST_RUNTIMES=$(LEGACY) $(BIN)/python -m pytest -m "security or lifecycle" -k singularity
+	CK_TEST_RUNTIMES=apptainer,$(LEGACY),charliecloud scripts/test-as-user
 
 test-as-user: image
 	@scripts/system-packages --tests

@@ -3,9 +3,8 @@
 magics.py parses options and moves values; this module runs the command (streams.py reads its
 output and defers interrupts) and knows nothing of IPython. Each cell gets a `Session` of its
 own (a private folder no other container sees, and a mark on every process it starts), ended
-with the cell whatever happens, and by a small guard process if the notebook's kernel dies
-first (killed, force-restarted, crashed): the runtime dies with the kernel (PR_SET_PDEATHSIG),
-but what the cell started in a new session would not.
+with the cell whatever happens, and by the guard (guard.py) if the notebook's kernel dies first
+(killed, force-restarted, crashed).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from . import processes, sessions, streams
+from . import guard, processes, sessions, streams
 from .launch import CELL_FILES, Launch, private_mount
 from .sessions import Session
 from .settings import ContainerSettings
@@ -31,20 +29,6 @@ from .slurm import SlurmCell
 
 STDERR_TAIL = 10  # lines of stderr kept for an error message
 INTERRUPT_GRACE = 2.0  # seconds between SIGINT and SIGTERM, and between SIGTERM and SIGKILL
-
-# Runs on the host as `python -I -c GUARD PACKAGE_PARENT FOLDER`, its stdin a pipe that only the
-# kernel holds: EOF means the cell has ended (the session too, then) or the kernel has died.
-GUARD = """\
-import signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-sys.path.insert(0, sys.argv[1])
-from pathlib import Path
-from container_kernel.sessions import Session
-sys.stdin.buffer.read()
-if Path(sys.argv[2]).exists():
-    Session(Path(sys.argv[2])).end()
-"""
-
 
 # Runs inside the container (any Python 3.6+), as `python3 run.py FOLDER`: FOLDER comes as an
 # argument, so a runtime that relocates the folder rewrites it. It loads the -i values, runs the
@@ -103,17 +87,16 @@ _container_kernel_run()
 
 @contextlib.contextmanager
 def cell_session() -> Iterator[Session]:
-    """A new session for one cell, ended when the cell is. Sessions whose kernel died (the
-    guard killed too) are ended first."""
+    """A new session for one cell, ended when the cell is, or by the guard if the notebook's
+    kernel dies first (guard.py). Sessions whose owner died unguarded are ended first."""
     sessions.sweep()
     session = Session.create()
-    guard = _start_guard(session)
+    guard.hold(session.name, session=session.folder)
     try:
         yield session
     finally:
         session.end()
-        if guard is not None:
-            _stop_guard(guard)
+        guard.release(session.name)
 
 
 def files_folder(settings: ContainerSettings, session: Session) -> tuple[Path, str]:
@@ -125,28 +108,6 @@ def files_folder(settings: ContainerSettings, session: Session) -> tuple[Path, s
     host = Path(private.src, CELL_FILES)
     host.mkdir(mode=0o700)
     return host, f"{private.dst}/{CELL_FILES}"
-
-
-def _start_guard(session: Session) -> subprocess.Popen | None:
-    """The guard, in a session of its own: a kill of the kernel's group leaves it alive. It
-    imports this package from where the kernel did; its errors go to the kernel's stderr."""
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-I", "-c", GUARD, package_parent, str(session.folder)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError:  # no usable sys.executable (an embedded interpreter): the sweep remains
-        return None
-
-
-def _stop_guard(guard: subprocess.Popen) -> None:
-    """The session has ended: the guard has nothing left to do (a blocking wait: no polling)."""
-    guard.kill()
-    guard.stdin.close()
-    guard.wait()
 
 
 @dataclass(frozen=True)
@@ -183,8 +144,6 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own group: what the cell starts is killed with it
-            # It dies with the kernel; the setup makes one system call in the child.
-            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509
         )
         if remote:
             remote.start(proc)

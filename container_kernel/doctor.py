@@ -22,6 +22,7 @@ from traitlets import TraitError
 
 from . import gpus, images, kernelspec
 from .errors import ContainerKernelError
+from .folders import private_folder
 from .kernel import command_inside
 from .launch import local_image
 from .probe import Facts, probe
@@ -183,7 +184,7 @@ def _registry_image(settings: ContainerSettings, runtime: Runtime | None, report
 def _start(report: Report, manager: Callable[[], KernelManager]) -> None:
     """Start a kernel, wait for its kernel_info reply, shut it down; report the time it took."""
     runtime_dir = Path(jupyter_runtime_dir())
-    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(runtime_dir)
     km = manager()
     km.connection_file = str(runtime_dir / f"kernel-check-{uuid.uuid4()}.json")
     with tempfile.TemporaryDirectory(prefix="container-kernel-check-") as cwd:

@@ -7,6 +7,8 @@ import pwd
 import re
 from pathlib import Path
 
+from .folders import private_folder
+
 
 def home_inside() -> str:
     """The home a runtime gives the user inside: the passwd entry's, not `$HOME`."""
@@ -16,9 +18,7 @@ def home_inside() -> str:
 def private_dir(path: Path) -> Path:
     """Create `path` if missing, mode 0700 (a home holds credentials); keep an existing one."""
     if not path.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.mkdir(mode=0o700, exist_ok=True)  # (never readable by others, not even a moment)
-        path.chmod(0o700)  # whatever the umask
+        private_folder(path)  # (never readable by others, not even a moment)
     return path
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ContainerKernelError, runtime_message
+from .folders import private_folder
 
 SCHEMES = ("docker://", "oras://", "library://")
 Progress = Callable[[str], None]
@@ -90,6 +92,13 @@ class ImageCache:
             record = root / "refs" / kind / f"{cache_key(reference)}.json"
             entry = _read_record(record, root, writable=root == self.root)
             if entry is not None and entry.path.exists():
+                if not entry.writable and (why := _untrusted(entry, root)):
+                    msg = (
+                        f"The shared image cache {root} has a copy of {reference} that cannot "
+                        f"be trusted ({why}): not used. Its owner should remove it, or drop "
+                        "that folder from image_cache_shared."
+                    )
+                    raise ContainerKernelError(msg)
                 return entry
         return None
 
@@ -107,7 +116,7 @@ class ImageCache:
         """Where a runtime keeps its own caches and temporary files while pulling: here."""
         cache, tmp = self.root / "apptainer", self.root / "tmp"
         for folder in (cache, tmp):
-            folder.mkdir(parents=True, exist_ok=True)
+            private_folder(folder)
         return {"APPTAINER_CACHEDIR": str(cache), "SINGULARITY_CACHEDIR": str(cache),
                 "APPTAINER_TMPDIR": str(tmp), "SINGULARITY_TMPDIR": str(tmp)}  # fmt: skip
 
@@ -115,7 +124,7 @@ class ImageCache:
     def lock(self, name: str, waiting: str, progress: Progress) -> Iterator[None]:
         """Hold `locks/<name>.lock`; when another process holds it, say so and wait."""
         folder = self.root / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -130,7 +139,7 @@ class ImageCache:
     def remember(self, reference: str, kind: str, path: Path) -> Entry:
         """Write the record that makes a whole pull usable (atomically, last)."""
         record = self.root / "refs" / kind / f"{cache_key(reference)}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(record.parent)
         values = {"reference": reference, "path": str(path.relative_to(self.root)),
                   "pulled": time.time()}  # fmt: skip
         partial = record.with_name(f".{record.name}.{os.getpid()}")
@@ -186,6 +195,32 @@ def local_image(
             "image_cache to a folder of yours."
         )
         raise ContainerKernelError(msg) from None
+
+
+def _untrusted(entry: Entry, root: Path) -> str | None:
+    """Why a shared cache's entry cannot be trusted, if it cannot: another user than the
+    cache's owner, root or we could have written the record or the image (a cache that others
+    may write, such as a 1777 folder, lets them plant either), or the record points outside."""
+    real_root = os.path.realpath(root)
+    image = os.path.realpath(entry.path)
+    if os.path.commonpath([real_root, image]) != real_root:
+        return f"its record points outside the cache, to {image}"
+    trusted = {0, os.getuid(), os.stat(root).st_uid}
+    checked = [entry.record, entry.record.parent, entry.record.parent.parent, Path(image)]
+    checked += [Path(folder) for folder in _folders_between(real_root, image)]
+    for path in checked:
+        info = os.lstat(path)
+        if info.st_uid not in trusted:
+            return f"{path} belongs to uid {info.st_uid}"
+        if info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode):
+            return f"{path} is writable by other users"
+    return None
+
+
+def _folders_between(root: str, path: str) -> list[str]:
+    """The folders from below `root` down to `path`'s parent."""
+    parts = Path(path).relative_to(root).parts[:-1]
+    return [os.path.join(root, *parts[: i + 1]) for i in range(len(parts))]
 
 
 def _read_record(record: Path, root: Path, *, writable: bool) -> Entry | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ContainerKernelError
+from .folders import private_folder
 from .pip_failures import canonical, failure, no_space
 
 REQUIREMENT = "ipykernel>=6"  # ipykernel 5 lacks the debugger; 4 would "resolve" with anything
@@ -172,7 +173,7 @@ def kernel_site(
     if (final / RECORD).is_file():
         return final
     about = "Python %d.%d on %s" % (*target.version, tags[0])  # noqa: UP031
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     with open(folder / f"{final.name}.lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,13 +19,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import homes, kernel_check, languages, processes, sessions, standby
+from . import guard, homes, kernel_check, languages, processes, sessions, standby
+from .errors import ContainerKernelError
 from .images import Progress
 from .launch import Launch, local_image, plan, private_mount
-from .runtimes import find_runtime
+from .runtimes import find_runtime, parse_bind
 from .sessions import Session
 from .settings import ContainerSettings
-from .standby import Standby, file_identity
+from .standby import Standby, file_identity, folder_identity
 
 # An installed spec's argv runs the kernel through `python -m container_kernel.launcher`, so that
 # clients that ignore provisioners get the container too (see launcher.py).
@@ -83,9 +85,16 @@ class KernelContainer:
         named_env: Sequence[str] = (),
     ) -> Launch:
         """The launch of `command` (the kernel's argv inside) for a first start or a restart."""
+        if not os.path.isdir(cwd):
+            msg = (
+                f"The notebook's folder {cwd} is gone (moved or deleted): open the notebook "
+                "again from where it is now."
+            )
+            raise ContainerKernelError(msg)
         if self.session is None:
             sessions.sweep()  # what crashed servers left
             self.session = Session.create()
+            guard.hold(self.session.name, session=self.session.folder)  # if we die first
         else:
             self.session.kill_processes()  # a restart: what the last kernel left, setsid'd too
         if connection_file is not None:  # (a cell has none)
@@ -118,8 +127,7 @@ class KernelContainer:
                 return
             self._discard_standby()
             command, launch, inputs = self._last
-            identity = file_identity(inputs["image"], self.spec_file)
-            self.standby = standby.start(self, command, launch, inputs, identity)
+            self.standby = standby.start(self, command, launch, inputs, self._identity(inputs))
 
     def take_standby(self) -> subprocess.Popen | None:
         """For a restart (just prepared): the standby's process, now running the kernel, if
@@ -130,14 +138,25 @@ class KernelContainer:
                 return None
             command, launch, inputs = self._last
             parsed = standby.KernelCommand.parse(command)
-            identity = file_identity(inputs["image"], self.spec_file)
             now = standby.comparable(launch, self.session.mark)
-            if waiting.fits(now, parsed, identity) and waiting.hand_over(parsed.arguments):
+            fits = waiting.fits(now, parsed, self._identity(inputs))
+            if fits and waiting.hand_over(parsed):
                 self.session = self.session.with_variant(waiting.variant)
                 return waiting.process
             self.standby = waiting
             self._discard_standby()
             return None
+
+    def _identity(self, inputs: dict) -> tuple:
+        """What a standby must find unchanged to stand in for a start with `inputs`: the image
+        and kernel spec files, and which folders the notebook folder and every bind source are
+        (replaced, repointed or deleted: a cold start, which sees the change or fails)."""
+        sources = [parse_bind(spec).src for spec in self.settings.binds]
+        sources += [bind.src for bind in inputs["extra_binds"]]
+        return (
+            file_identity(inputs["image"], self.spec_file),
+            folder_identity(inputs["cwd"], *sources),
+        )
 
     def _discard_standby(self) -> None:
         if self.standby is not None:
@@ -156,8 +175,12 @@ class KernelContainer:
         shutil.copyfile(original, copy)  # again at each restart: ports may be new
         copy.chmod(0o600)
         self.connection_copy = copy
-        return [arg.replace(connection_file, original).replace(original, f"{folder.dst}/{name}")
-                for arg in command]  # fmt: skip
+        # The argv may name it as given (relative: MultiKernelManager's default), absolute or
+        # resolved: each form, longest first, in one pass (one form may hold another).
+        forms = sorted({connection_file, os.path.abspath(connection_file), original}, key=len)
+        pattern = re.compile("|".join(re.escape(form) for form in reversed(forms)))
+        inside = f"{folder.dst}/{name}"
+        return [pattern.sub(lambda _: inside, arg) for arg in command]
 
     def _home(self) -> Path | None:
         if self.settings.home == "temporary":
@@ -189,14 +212,9 @@ class KernelContainer:
 
     def start(self, launch: Launch, **popen) -> subprocess.Popen:
         """Start `launch` in a session of its own (a group signal to its starter reaches it
-        only through us), dying with its starter (a parent-death signal)."""
+        only through us); if we die first, the guard ends it (guard.py)."""
         return subprocess.Popen(
-            launch.argv,
-            env=launch.env,
-            cwd=launch.cwd,
-            start_new_session=True,
-            preexec_fn=processes.die_with_parent_setup(),  # noqa: PLW1509 (no threads yet)
-            **popen,
+            launch.argv, env=launch.env, cwd=launch.cwd, start_new_session=True, **popen
         )
 
     def route_signal(self, process: subprocess.Popen, signum: int) -> None:
@@ -223,10 +241,11 @@ class KernelContainer:
         folder, temporary home); after a failed first start, the empty home it created."""
         with self._lock:
             if self.standby is not None:
-                self.standby.discard()
+                self.standby.discard(grace=0)  # (a shutdown never waits for it)
                 self.standby = None
             if self.session is not None:
                 self.session.end()  # (every mark)
+                guard.release(self.session.name)
             if failed_start and self.created_home is not None:
                 with contextlib.suppress(OSError):
                     self.created_home.rmdir()  # only if still empty

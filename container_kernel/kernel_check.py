@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import injection, probe
 from .errors import ContainerKernelError, runtime_message
+from .folders import private_folder
 from .images import Progress
 from .runtimes import Bind
 from .settings import ContainerSettings
@@ -60,9 +61,11 @@ def image_facts(settings: ContainerSettings, image: str, interpreter: list[str])
     key = json.dumps([os.path.realpath(image), file_identity(image), interpreter])
     record = Path(settings.image_cache, "checks", hashlib.sha256(key.encode()).hexdigest()[:24])
     try:
-        return json.loads(record.read_text())
+        facts = json.loads(record.read_text())
+        if _well_formed(facts):
+            return facts
     except (OSError, ValueError):
-        pass
+        pass  # (none yet, or a damaged one: check again and write it anew)
     script = probe.SCRIPT + "\n" + injection.PROBE_SNIPPET
     out = probe.run_in_image(settings, [*interpreter, "-c", script], image=image)
     lines = out.stdout.strip().splitlines()
@@ -75,11 +78,20 @@ def image_facts(settings: ContainerSettings, image: str, interpreter: list[str])
             "a Python in the image; name it in the kernel spec's argv, or use an image with one."
         )
         raise ContainerKernelError(msg) from None
-    record.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(record.parent)
     partial = record.with_name(f".{record.name}.{os.getpid()}")
     partial.write_text(json.dumps(facts))
     partial.replace(record)
     return facts
+
+
+def _well_formed(facts) -> bool:
+    """A record as image_facts writes it: two objects (anything else is checked again)."""
+    return (
+        isinstance(facts, dict)
+        and isinstance(facts.get("probe"), dict)
+        and isinstance(facts.get("target"), dict)
+    )
 
 
 def injected_site(

@@ -14,6 +14,8 @@ import os
 import pwd
 from pathlib import Path
 
+from .folders import private_folder
+
 R_LIBRARY = "R/library"  # in the fake home
 UTF8_LOCALE = "C.UTF-8"  # in every glibc >= 2.35 and Debian's libc-bin; R mangles text without one
 
@@ -38,7 +40,7 @@ def environment(language: str, *, home_inside: str | None, cwd: str) -> dict[str
 def prepare_home(language: str, home: Path | None) -> None:
     """Create what the language needs in the fake home before it starts (R's user library)."""
     if home is not None and is_r(language):
-        (home / R_LIBRARY).mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folder(home / R_LIBRARY)
 
 
 def _is_real_home(cwd: str) -> bool:

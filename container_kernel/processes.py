@@ -1,4 +1,4 @@
-"""Process care shared by every face: groups, signals, a parent-death signal.
+"""Process care shared by every face: groups, signals, a parent-death signal for launchers.
 
 A runtime parent (Apptainer's starter) may exit while what the kernel or cell started lives on
 in its process group. That group is killed after the parent has exited but BEFORE the parent is
@@ -56,17 +56,3 @@ def _load_libc():
 def die_with_parent() -> None:
     """SIGKILL this process when its parent dies (a launcher whose client was SIGKILLed)."""
     _load_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def die_with_parent_setup():
-    """A Popen `preexec_fn` that SIGKILLs the child when the process that started it dies
-    (a SIGKILLed Jupyter server): Apptainer's starter outlives its parent otherwise.
-    The C library is loaded here, before the fork, so the child only makes one system call."""
-    parent, prctl = os.getpid(), _load_libc().prctl
-
-    def setup() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the call: too late to be told
-            os._exit(1)
-
-    return setup

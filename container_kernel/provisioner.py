@@ -68,7 +68,7 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             # jupyter_client's restarter counts only restarts that launch something (it would
             # retry forever): launch a process that fails with the reason, so it gives up.
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
-            kwargs.update(cmd=failing, cwd=cwd)
+            kwargs.update(cmd=failing, cwd=cwd if os.path.isdir(cwd) else "/")
             return kwargs
         where = launch.runtime or f"a Slurm job ({' '.join(self.slurm_args)})"
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, where)
@@ -155,7 +155,6 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         capture = kwargs.get("stderr") is None
         if capture:
             kwargs["stderr"] = subprocess.PIPE
-        kwargs["preexec_fn"] = processes.die_with_parent_setup()  # a SIGKILLed server, too
         remote = isinstance(self._container, SlurmKernel)
         if remote:  # the node's request goes on stdin, its answer comes on stdout
             kwargs.update(stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -19,10 +19,14 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .folders import private_folder
+
 MARKER = "CONTAINER_KERNEL_SESSION"
+REMOVE_ATTEMPTS = 20
 
 
 def sessions_root() -> Path:
@@ -30,8 +34,7 @@ def sessions_root() -> Path:
     the runtime folder is not, and the container's /tmp is a session's own."""
     from jupyter_core.paths import jupyter_runtime_dir
 
-    root = Path(jupyter_runtime_dir(), "container-kernel")
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = private_folder(Path(jupyter_runtime_dir(), "container-kernel"))
     root.chmod(0o700)
     return root
 
@@ -99,7 +102,11 @@ class Session:
     def end(self) -> None:
         """Kill what the session started under any of its marks, then remove its folder."""
         kill_marked(self.name, variants=True)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        for _ in range(REMOVE_ATTEMPTS):  # (a process SIGKILLed a moment ago may still write)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if not self.folder.exists():
+                break
+            time.sleep(0.05)
 
 
 def sweep(root: Path | None = None) -> None:

@@ -7,6 +7,7 @@ Set them in a kernel.json's `metadata.kernel_provisioner.config`, in `jupyter_*_
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from difflib import get_close_matches
 from pathlib import Path
@@ -235,7 +236,16 @@ class ContainerSettings(LoggingConfigurable):
         ]
         if unknown:
             raise ContainerKernelError(_unknown_message(unknown[0], self._settings()))
-        super().__init__(**kwargs)
+        # The site's files first, whatever the application (or none) configured (see site_config)
+        parent = kwargs.get("parent")
+        config = site_config()
+        config.merge(kwargs.get("config") or getattr(parent, "config", None) or {})
+        kwargs["config"] = config
+        try:
+            super().__init__(**kwargs)
+        except TraitError as err:  # a site's value of the wrong type
+            msg = f"A container-kernel setting in the Jupyter config: {err}"
+            raise ContainerKernelError(msg) from None
         if "locked" in given:
             msg = "`locked` is the site's: set it in a Jupyter config file, not here."
             raise ContainerKernelError(msg)
@@ -298,22 +308,39 @@ def _unknown_message(name: str, known: set[str]) -> str:
     return f"Unknown container-kernel setting `{name}`{hint}"
 
 
+SITE_FILES = ("container_kernel_config", "jupyter_config", "jupyter_server_config")
+_site_cache: dict[tuple, Any] = {}
+
+
 def site_config():
-    """The settings in Jupyter's config files (jupyter_config and jupyter_server_config, .json
-    and .py, in every config folder, lowest priority first), for the faces Jupyter Server does
-    not configure: the launcher of an installed spec, the magics, the CLI. Sections
-    `ContainerSettings` and `ContainerProvisioner` both count (the launcher stands in for the
-    provisioner)."""
+    """The settings in Jupyter's config files (container_kernel_config, jupyter_config and
+    jupyter_server_config, .json and .py, in every folder of Jupyter's config path, lowest
+    priority first). Every ContainerSettings applies them itself, under the config its
+    application gives it, so a site's policy holds whatever the client: a server, papermill, a
+    bare KernelManager, the launcher, the magics, the CLI. Sections `ContainerSettings` and
+    `ContainerProvisioner` both count. Read again only when a file changes."""
     from jupyter_core.paths import jupyter_config_path
     from traitlets.config.loader import Config, JSONFileConfigLoader, PyFileConfigLoader
 
-    config = Config()
+    files = []
     for folder in reversed(jupyter_config_path()):
-        for base in ("jupyter_config", "jupyter_server_config"):
+        for base in SITE_FILES:
             for loader, suffix in ((JSONFileConfigLoader, ".json"), (PyFileConfigLoader, ".py")):
-                if Path(folder, base + suffix).is_file():
-                    config.merge(loader(base + suffix, folder).load_config())
-    merged = Config()
-    merged.ContainerSettings.merge(config.ContainerSettings)
-    merged.ContainerSettings.merge(config.ContainerProvisioner)
-    return merged
+                with contextlib.suppress(OSError):
+                    changed = os.stat(Path(folder, base + suffix)).st_mtime_ns
+                    files.append((loader, base + suffix, folder, changed))
+    key = tuple(entry[1:] for entry in files)
+    if key not in _site_cache:
+        config = Config()
+        for loader, name, folder, _ in files:
+            try:
+                config.merge(loader(name, folder).load_config())
+            except Exception as err:  # a site's syntax error: say where, in one line
+                msg = f"Cannot read {Path(folder, name)}: {type(err).__name__}: {err}"
+                raise ContainerKernelError(msg) from None
+        merged = Config()
+        merged.ContainerSettings.merge(config.ContainerSettings)
+        merged.ContainerSettings.merge(config.ContainerProvisioner)
+        _site_cache.clear()
+        _site_cache[key] = merged
+    return copy.deepcopy(_site_cache[key])

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import images
+from . import guard, images
 from .environment import container_environment
 from .errors import ContainerKernelError
 from .images import Progress
@@ -86,12 +86,15 @@ def srun_launch(
     return Launch(argv, {k: v for k, v in host_env.items() if k in KEPT}, cwd, None)
 
 
+def cancel_argv(name: str) -> list[str]:
+    return ["scancel", "--name", name]
+
+
 def cancel(name: str) -> None:
     """No job of that name is left."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            ["scancel", "--name", name], capture_output=True, check=False, timeout=POLL * 5
-        )
+        subprocess.run(cancel_argv(name), capture_output=True, check=False, timeout=POLL * 5)
+    guard.release(name)
 
 
 class SlurmCell:
@@ -121,6 +124,7 @@ class SlurmCell:
         return srun_launch(self.settings, self.name, cwd, host_env)
 
     def start(self, process: subprocess.Popen) -> None:
+        guard.hold(self.name, then=cancel_argv(self.name))  # if the kernel dies first
         self.stdin = process.stdin
         with contextlib.suppress(BrokenPipeError):  # srun refused: its stderr says why
             process.stdin.write(json.dumps(self.request).encode() + b"\n")
@@ -192,6 +196,7 @@ class SlurmKernel:
             raise ContainerKernelError(msg)
         self.cancel()  # a restart: the last start's job, if it is still there
         self.job_name = job_name()
+        guard.hold(self.job_name, then=cancel_argv(self.job_name))  # if the server dies first
         values = container_environment(host_env, named=named_env)
         self.request = {
             "settings": {**node_settings(self.settings), "image": image},

@@ -34,8 +34,9 @@ FIFO = "start"
 DISCARD_GRACE = 1.0  # seconds a discarded standby has to exit by itself
 # Run inside by the image's Python (any 3.x): argv = [-c, fifo, sys.path addition or "", module].
 BOOT = r"""
-import json, os, runpy, sys, threading
+import json, os, runpy, sys, threading, time
 fifo, extra, module = sys.argv[1:4]
+begun = time.time_ns()
 if sys.path and sys.path[0] == "":
     sys.path[0] = os.getcwd()  # as `python -m` has it
 if extra:
@@ -55,7 +56,16 @@ if not start:
     sys.exit(0)
 os.unlink(fifo)
 warming.join()
-sys.argv = [sys.argv[0]] + json.loads(start)
+start = json.loads(start)
+def changed(path):  # a module file replaced or written since we began (an image updated)
+    try:
+        return os.stat(path).st_ctime_ns >= begun
+    except OSError:
+        return True
+if any(changed(getattr(m, "__file__", None) or "/") for m in list(sys.modules.values())
+       if getattr(m, "__file__", None)):
+    os.execvp(start["cold"][0], start["cold"])  # what it imported is stale: start as a cold one
+sys.argv = [sys.argv[0]] + start["arguments"]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 # An injected ipykernel's command (see kernel_check.py): `python -c INJECTED SITE MODULE ARGS...`.
@@ -93,6 +103,19 @@ class KernelCommand:
     def standby_command(self, fifo: str) -> list[str]:
         return [*self.interpreter, "-c", BOOT, fifo, self.extra_path, self.module]
 
+    def cold_command(self) -> list[str]:
+        """The command itself, as a start without a standby runs it."""
+        if self.extra_path:
+            return [
+                *self.interpreter,
+                "-c",
+                INJECTED,
+                self.extra_path,
+                self.module,
+                *self.arguments,
+            ]
+        return [*self.interpreter, "-m", self.module, *self.arguments]
+
 
 @dataclass
 class Standby:
@@ -120,28 +143,31 @@ class Standby:
         with contextlib.suppress(OSError):
             os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
 
-    def hand_over(self, arguments: list[str]) -> bool:
-        """Tell it the kernel's arguments; False if it is not there to read them."""
+    def hand_over(self, command: KernelCommand) -> bool:
+        """Tell it the kernel's arguments (and the whole command, for a standby that finds what
+        it imported changed: it runs that instead); False if it is not there to read them."""
         try:
             fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)  # no reader: ENXIO at once
         except OSError:
             return False
         try:
             os.set_blocking(fd, True)
-            os.write(fd, json.dumps(arguments).encode())
+            start = {"arguments": command.arguments, "cold": command.cold_command()}
+            os.write(fd, json.dumps(start).encode())
             return True
         except OSError:
             return False
         finally:
             os.close(fd)
 
-    def discard(self) -> None:
-        """Stop it: an empty start (EOF on its FIFO) lets it exit by itself, so its runtime
-        tears down as usual (the apptainer double unmounts a SIF); else it is killed (and what
-        it left is, by its mark, by the caller)."""
+    def discard(self, grace: float = DISCARD_GRACE) -> None:
+        """Stop it: an empty start (EOF on its FIFO) lets it exit by itself within `grace`
+        seconds, so its runtime tears down as usual; else it is killed (and what it left is,
+        by its mark, by the caller). A shutdown gives no grace: it never waits for a standby
+        (one still importing has not opened its FIFO yet)."""
         self.hand_over_nothing()
         try:
-            self.process.wait(timeout=DISCARD_GRACE)
+            self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(OSError):
                 self.process.kill()
@@ -200,4 +226,17 @@ def file_identity(*paths: str | Path | None) -> tuple:
         except OSError:
             info = None
         found.append((info.st_ino, info.st_size, info.st_mtime_ns) if info else None)
+    return tuple(found)
+
+
+def folder_identity(*paths: str | Path) -> tuple:
+    """Which folders (or files) these paths reach now: a folder replaced, a symlink on the way
+    repointed or a path deleted changes it; files written inside do not."""
+    found = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            found.append((info.st_dev, info.st_ino))
+        except OSError:
+            found.append(None)
     return tuple(found)

@@ -143,15 +143,52 @@ def apptainer_double() -> Path:
     return DOUBLE_DIR / "apptainer"
 
 
-@pytest.fixture(params=["apptainer", "charliecloud"])
+# The real runtimes scripts/real-runtimes builds from ../shared/runtimes (where their build
+# scripts install them): test id -> (the `runtime` setting, its bin folder, what --version says).
+REAL_RUNTIMES = {
+    "apptainer": ("apptainer", "/opt/apptainer/bin", "apptainer version 1.4.5"),
+    "singularity-3.4": ("singularity", "/opt/realsing/v3.4/bin", "singularity version 3.4.2"),
+    "singularity-2.6": ("singularity", "/opt/realsing/bin", "2.6.1-dist"),
+}
+REAL_RUNTIMES["apptainer-double"] = ("apptainer", str(DOUBLE_DIR), "")  # what only it can be
+RUNTIME_SOURCES = REPO.parent / "shared" / "runtimes"
+RUNTIMES_UNDER_TEST = os.environ.get("CK_TEST_RUNTIMES", "apptainer,charliecloud").split(",")
+
+
+def real_runtime_bin(test_id: str) -> str | None:
+    """The bin folder of a built real runtime, None if it is not built here."""
+    _, folder, _ = REAL_RUNTIMES[test_id]
+    runtime = REAL_RUNTIMES[test_id][0]
+    return folder if os.access(f"{folder}/{runtime}", os.X_OK) else None
+
+
+def pytest_report_header(config):
+    found = {name: real_runtime_bin(name) for name in REAL_RUNTIMES if name != "apptainer-double"}
+    said = [
+        f"{name}: {'real, ' + folder if folder else 'not built'}" for name, folder in found.items()
+    ]
+    return [f"runtimes under test: {','.join(RUNTIMES_UNDER_TEST)} (CK_TEST_RUNTIMES)", *said]
+
+
+@pytest.fixture(params=RUNTIMES_UNDER_TEST)
 def runtime(request, monkeypatch) -> str:
-    """Each integration test runs on both: the apptainer test double and real ch-run."""
-    if request.param == "apptainer":  # the double comes first on PATH, before any real one
-        monkeypatch.setenv("PATH", f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}")
-    else:
+    """Each integration test runs on each runtime of CK_TEST_RUNTIMES (default: Apptainer and
+    ch-run); its value is the `runtime` setting. Apptainer and Singularity are the real ones
+    (scripts/real-runtimes builds them); where Apptainer is not built (a clone without
+    ../shared), the apptainer test double stands in for it, and the header says so."""
+    name = request.param
+    if name == "charliecloud":
         assert shutil.which("ch-run"), "ch-run is missing: apt-get install charliecloud-runtime"
         monkeypatch.delenv("USER", raising=False)  # as in CI: the provisioner must cope
-    return request.param
+        return name
+    folder = None if name == "apptainer-double" else real_runtime_bin(name)
+    if folder is None and name not in ("apptainer", "apptainer-double"):
+        if not RUNTIME_SOURCES.is_dir():  # nothing to build them from: a user's clone
+            pytest.skip(f"{name} is not built and {RUNTIME_SOURCES} is missing")
+        pytest.fail(f"{name} is not built: run scripts/real-runtimes (as root)")
+    folder = folder or str(DOUBLE_DIR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return REAL_RUNTIMES[name][0]
 
 
 @pytest.fixture

@@ -279,3 +279,55 @@ def test_charliecloud_refuses_what_it_cannot_pull(cache):
     runtime = find_runtime("charliecloud")
     with pytest.raises(ContainerKernelError, match=r"^Charliecloud pulls docker:// images"):
         local_image("oras://127.0.0.1:5117/ck/x:1", runtime, ImageCache(cache))
+
+
+def _plant(shared: Path, reference: str, kind: str, image: Path, mode: int = 0o644) -> Path:
+    """A record in `shared` that names `image` for `reference`, as another user could write
+    one into a cache folder that everyone may write (1777)."""
+    from container_kernel.images import cache_key
+
+    record = shared / "refs" / kind / f"{cache_key(reference)}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    path = os.path.relpath(image, shared)
+    record.write_text(json.dumps({"reference": reference, "path": path, "pulled": time.time()}))
+    record.chmod(mode)
+    return record
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("planted", ["another-users", "writable-by-others", "outside"])
+def test_a_shared_cache_entry_that_cannot_be_trusted_is_refused(
+    kernel_spec, notebook_dir, tmp_path, runtime, planted
+):
+    """User B plants a record for a registry name in a shared cache that B can write: A's
+    kernel must not run B's image. (Another owner needs root to set up: the other two cases
+    run as the unprivileged user too.)"""
+    if planted == "another-users" and os.getuid() != 0:
+        pytest.skip("giving a file to another user needs root (the other cases run as a user)")
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    kind = {"apptainer": "sif", "charliecloud": "ch-image"}.get(runtime, "sif")
+    reference = "docker://127.0.0.1:5117/site/python:1"
+    planted_image = shared / "planted"
+    outside = tmp_path / "elsewhere"
+    planted_image.mkdir()
+    outside.mkdir()
+    if planted == "another-users":
+        record = _plant(shared, reference, kind, planted_image)
+        for path in (record, record.parent, record.parent.parent, planted_image):
+            os.chown(path, 4242, 4242)
+        why = "belongs to uid 4242"
+    elif planted == "writable-by-others":
+        _plant(shared, reference, kind, planted_image, mode=0o666)
+        why = "is writable by other users"
+    else:
+        _plant(shared, reference, kind, outside)
+        why = "points outside the cache"
+    name = kernel_spec(image=reference, image_cache_shared=[str(shared)],
+                       image_cache=str(tmp_path / "own"))  # fmt: skip
+    started = time.monotonic()
+    refused = pytest.raises(ContainerKernelError, match=f"cannot be trusted .*{why}")
+    with refused, running_kernel(name, str(notebook_dir)):
+        pass
+    assert time.monotonic() - started < 10

@@ -6,12 +6,14 @@ Run as root and as an unprivileged user (scripts/test-as-user).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -104,53 +106,113 @@ def test_restart_ends_what_the_previous_kernel_started(kernel_spec, notebook_dir
         assert run(kc, "print(6 * 7)").strip() == "42"
 
 
-SERVER = textwrap.dedent(
+CLIENT = textwrap.dedent(
     """
-    import json, sys, time
-    from jupyter_client import KernelManager
-    km = KernelManager(kernel_name=sys.argv[1])
-    km.start_kernel(cwd=sys.argv[2])
-    kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
-    out = []
-    kc.execute_interactive(
-        sys.argv[3], timeout=30, output_hook=lambda m: out.append(m["content"].get("text", ""))
-    )
-    daemon = int("".join(out).split()[0])
-    print(json.dumps({"session": km.provisioner._session.name, "daemon": daemon}), flush=True)
-    time.sleep(600)
+    import asyncio, json, os, signal, sys, threading, time
+    from jupyter_client import AsyncKernelManager, KernelManager
+    name, cwd, code, how = sys.argv[1:5]
+
+    def report(km, kc, execute):
+        out = []
+        execute(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")))
+        daemon = int("".join(out).split()[0])
+        print(json.dumps({"session": km.provisioner._session.name, "daemon": daemon}), flush=True)
+        time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))  # (a standby comes meanwhile)
+        if how == "raises":
+            raise RuntimeError("the client's own error")
+        if how == "returns":
+            sys.exit(0)  # no shutdown, no cleanup
+        if how == "sigkilled":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(600)  # until the test kills it
+
+    if how == "async-sigkilled":
+        async def main():
+            km = AsyncKernelManager(kernel_name=name)
+            await km.start_kernel(cwd=cwd)
+            kc = km.client(); kc.start_channels(); await kc.wait_for_ready(timeout=60)
+            out = []
+            await kc.execute_interactive(
+                code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", ""))
+            )
+            started = {"session": km.provisioner._session.name, "daemon": int("".join(out))}
+            print(json.dumps(started), flush=True)
+            time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))
+            os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(main())
+    else:
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(cwd=cwd)
+        kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+        report(km, kc, kc.execute_interactive)
     """
 )
 
 
-def test_a_sigkilled_server_takes_its_kernel_along(kernel_spec, notebook_dir):
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, kernel_spec(), str(notebook_dir), START_DAEMON],
+@pytest.mark.parametrize("how", ["sigkilled", "raises", "returns", "async-sigkilled"])
+def test_a_client_that_dies_takes_everything_along(kernel_spec, notebook_dir, how):
+    """Whatever way a client process ends without a shutdown (a server or script SIGKILLed, a
+    script that raises or returns), its kernel, standby, what the kernel started in a session of
+    its own, their runtimes and the session folder (the key's copy) go within seconds, and
+    nothing holds the client's stdout and stderr open (a caller waiting for EOF is not stuck).
+    Real Apptainer drops the parent-death signal: the guard does this (guard.py)."""
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, kernel_spec(), str(notebook_dir), START_DAEMON, how],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "CLIENT_WAIT": "3"},
     )
     try:
-        started = json.loads(server.stdout.readline())
-        mark, daemon = started["session"], [started["daemon"]]
-        kernel = marked_processes(mark)
-        assert set(daemon) < set(kernel)
-        deadline = time.monotonic() + 20  # its standby (standby.py) too, once it is there
-        while not (standby := set(marked_processes(mark, variants=True)) - set(kernel)):
-            assert time.monotonic() < deadline, "no standby"
-            time.sleep(0.1)
-        os.kill(server.pid, signal.SIGKILL)  # crash, OOM kill: no shutdown at all
-        server.wait(timeout=10)
-        # the kernel, its standby and their runtimes go at once; the daemon (a session of its
-        # own) at the next start of a container kernel, which ends the sessions of dead servers
-        assert wait_gone((set(kernel) | standby) - set(daemon), timeout=10) == []
-        assert [p for p in marked_processes(mark) if alive(p)] == daemon
-        with running_kernel(kernel_spec("ck-next"), str(notebook_dir)) as (_, kc):
-            run(kc, "print(1)")
-        assert wait_gone(daemon, timeout=5) == []
+        started = json.loads(client.stdout.readline())
+        mark, daemon = started["session"], started["daemon"]
+        everything = set(marked_processes(mark, variants=True))
+        assert daemon in everything
+        # the client ends; its pipes reach EOF once nothing of the kernel holds them
+        _, err = client.communicate(timeout=20)
+        if how == "raises":
+            assert "the client's own error" in err
+        assert wait_gone(everything, timeout=10) == []
+        assert marked_processes(mark, variants=True) == []
+        deadline = time.monotonic() + 5  # (the guard removes the folder once all is dead)
+        while (sessions_root() / mark).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not (sessions_root() / mark).exists()
     finally:
-        server.kill()
-        server.wait()
-        server.stdout.close()
+        client.kill()
+        client.wait()
+        client.stdout.close()  # (what it left may hold the pipes: never wait for their EOF)
+        client.stderr.close()
+
+
+# (jupyter_client leaves the worker thread's event loop open: gone with the test, not later)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_kernel_started_in_a_thread_lives_as_long_as_its_process(kernel_spec, notebook_dir):
+    """A blocking KernelManager started in a worker thread (notebooks run in parallel threads):
+    the kernel lives on once the thread has ended."""
+    started = {}
+
+    def start():
+        started["km"] = km = KernelManager(kernel_name=kernel_spec())
+        km.start_kernel(cwd=str(notebook_dir))
+
+    worker = threading.Thread(target=start)
+    worker.start()
+    worker.join()
+    km = started["km"]
+    kc = km.client()
+    kc.start_channels()
+    try:
+        time.sleep(2)  # a kernel that dies with its thread is dead by now
+        kc.wait_for_ready(timeout=60)
+        assert run(kc, "print(6 * 7)").strip() == "42"
+        assert km.is_alive()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        started.clear()
+        km = kc = None
+        gc.collect()
 
 
 def test_interrupt_reaches_what_the_cell_runs(kernel_spec, notebook_dir):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ContainerKernelError
+from ..folders import private_folder
 from ..images import ImageCache, Progress, cache_key, readable_name, run_pull
 from .base import Command, ExecRequest, with_user
 
@@ -45,6 +46,12 @@ class Flavour:
     @property
     def forwards_signals(self) -> bool:
         """3.x and Apptainer keep a runtime parent that forwards signals; 2.x execs the command."""
+        return self.name == "apptainer" or self.version >= (3, 0, 0)
+
+    @property
+    def makes_mount_points_in_binds(self) -> bool:
+        """3.x and Apptainer make a bind's mount point inside another bind (our /tmp); 2.x
+        does not (see _make_mount_point)."""
         return self.name == "apptainer" or self.version >= (3, 0, 0)
 
     @property
@@ -118,10 +125,21 @@ def _gpu_flag(flavour: Flavour, gpu: str) -> str:
     return "--rocm"
 
 
+def _make_mount_point(dst: str, request: ExecRequest) -> None:
+    """A bind inside the private /tmp or /var/tmp (a notebook folder under /tmp) needs its
+    mount point there, in our folder: Singularity 2.x will not create it ("Trying to create
+    directory ... outside of container": the bind is skipped and the start fails), while
+    SingularityCE 3.4.2 skips a bind onto a mount point that it did not make itself."""
+    for folder, inside in ((request.tmp, "/tmp"), (request.var_tmp, "/var/tmp")):
+        if folder and dst.startswith(inside + "/"):
+            Path(folder, dst[len(inside) + 1 :]).mkdir(parents=True, exist_ok=True)
+
+
 def exec_command(
     executable: str, flavour: Flavour, request: ExecRequest, host_env: Mapping[str, str]
 ) -> Command:
-    """The argv and the runtime's own environment for `exec` of `request` (a pure function)."""
+    """The argv and the runtime's own environment for `exec` of `request` (its only side effect:
+    mount points in our private /tmp)."""
     argv = [executable, "exec"]
     if request.cleanenv:
         argv.append("--cleanenv")
@@ -138,6 +156,8 @@ def exec_command(
         if folder:  # over the host's, which Apptainer binds by default
             argv += ["--bind", f"{folder}:{inside}"]
     for bind in request.binds:
+        if not flavour.makes_mount_points_in_binds:
+            _make_mount_point(bind.dst, request)
         if _expressible(bind.src) and _expressible(bind.dst):
             argv += ["--bind", bind.spec()]
         elif not (bind.staging == "notebook" and bind.src == bind.dst):
@@ -176,7 +196,7 @@ def pull(
     """`pull` into the cache under a temporary name, renamed once whole. Singularity 2.x names
     its output with --name, in SINGULARITY_PULLFOLDER."""
     folder = cache.root / "sif"
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     final = folder / f"{readable_name(reference)}-{cache_key(reference)}.sif"
     partial = folder / f".{final.name}.{os.getpid()}.partial"
     env = {**with_user(os.environ), **cache.runtime_env()}
