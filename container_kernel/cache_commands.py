@@ -18,7 +18,7 @@ from . import images
 from .arguments import settings_from_arguments
 from .launch import local_image
 from .runtimes import find_runtime
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 
 # What `cache clean --all` empties besides the images: the runtimes' caches and temporary
 # files, the ipykernel installed for images without one, the image checks.
@@ -28,7 +28,7 @@ CACHE_SETTINGS = frozenset({"runtime", "runtime_path", "image_cache", "pull_args
 
 
 def _settings(args: argparse.Namespace) -> ContainerSettings:
-    return ContainerSettings(config=site_config(), **settings_from_arguments(args))
+    return ContainerSettings(**settings_from_arguments(args))
 
 
 def _stderr(line: str) -> None:

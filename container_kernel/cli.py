@@ -15,7 +15,7 @@ from .arguments import add_settings_arguments, settings_from_arguments
 from .errors import ContainerKernelError
 from .homes import persistent_home_path
 from .launch import check_image
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 from .sync import Sync
 
 EPILOG = """examples:
@@ -32,9 +32,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     kernel.json."""
     flags = settings_from_arguments(args)
     image = check_image(args.image) if args.check else _absolute(args.image)
-    settings = ContainerSettings(image=image, **flags)  # the spec's own: no site settings
+    settings = ContainerSettings(image=image, site=False, **flags)  # the spec's own alone
     if args.check:
-        effective = ContainerSettings(config=site_config(), image=image, **flags)
+        effective = ContainerSettings(image=image, **flags)
         cache_commands.pull_first(effective)
         found = installer.plan_kernels(
             settings, effective, interpreter=args.python, display_name=args.display_name

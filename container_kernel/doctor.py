@@ -28,7 +28,7 @@ from .launch import local_image
 from .probe import Facts, probe
 from .runtimes import Runtime, find_runtime
 from .runtimes.charliecloud import gpu_refusal
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 from .sync import image_kind
 
 START_TIMEOUT = 60  # seconds for a kernel's first kernel_info reply
@@ -65,31 +65,28 @@ def check_spec(name: str, entry: dict[str, Any], report: Report) -> None:
         runtime = _runtime(settings, report)
         ready = _image(settings, runtime, report) and runtime is not None
     if ready:
-        _start(report, lambda: KernelManager(kernel_name=name, config=site_config()))
+        _start(report, lambda: KernelManager(kernel_name=name))
 
 
 def check_image(image: str, flags: dict[str, Any], interpreter: str, report: Report) -> None:
     """An image not installed as a spec: the same checks, the kernel from a temporary spec."""
-    if "home" not in ContainerSettings(config=site_config()).locked:
+    if "home" not in ContainerSettings().locked:
         flags = {"home": "temporary", **flags}  # a trial start leaves no fake home behind
     try:
-        settings = ContainerSettings(config=site_config(), image=image, **flags)
+        settings = ContainerSettings(image=image, **flags)
     except (ContainerKernelError, TraitError) as err:
         report.fail("settings", str(err))
         return
     facts = _environment(settings, interpreter, report)
     if not facts:
         return
-    spec = kernelspec.kernel_dict(ContainerSettings(image=image, **flags), "", interpreter, facts)
+    own = ContainerSettings(image=image, site=False, **flags)  # (the site's apply when it runs)
+    spec = kernelspec.kernel_dict(own, "", interpreter, facts)
     name = kernelspec.default_kernel_name(image)
     with tempfile.TemporaryDirectory(prefix="container-kernel-check-") as tmp:
         kernelspec.write_kernel_spec(Path(tmp, name), spec)
         specs = KernelSpecManager(kernel_dirs=[tmp])
-        config = site_config()
-        _start(
-            report,
-            lambda: KernelManager(kernel_name=name, kernel_spec_manager=specs, config=config),
-        )
+        _start(report, lambda: KernelManager(kernel_name=name, kernel_spec_manager=specs))
 
 
 def _environment(settings: ContainerSettings, interpreter: str, report: Report) -> Facts | None:

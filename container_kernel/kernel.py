@@ -140,7 +140,8 @@ class KernelContainer:
             parsed = standby.KernelCommand.parse(command)
             now = standby.comparable(launch, self.session.mark)
             fits = waiting.fits(now, parsed, self._identity(inputs))
-            if fits and waiting.hand_over(parsed):
+            fits = fits and not waiting.imported_changed(inputs["image"])
+            if fits and waiting.hand_over(parsed.arguments):
                 self.session = self.session.with_variant(waiting.variant)
                 return waiting.process
             self.standby = waiting

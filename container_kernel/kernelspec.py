@@ -19,7 +19,7 @@ from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 from .image_kernels import ImageKernel
 from .kernel import spec_argv
 from .probe import Facts
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 
 PROVISIONER_NAME = "container-provisioner"
 MARK = "container_kernel"  # metadata.container_kernel: what we learned and who made the spec
@@ -220,8 +220,7 @@ def spec_config(spec: dict[str, Any]) -> dict[str, Any]:
 
 def spec_settings(spec: dict[str, Any], *, site: bool = True) -> ContainerSettings:
     """The settings a kernel of this spec gets: the site's Jupyter config, then the spec's."""
-    config = site_config() if site else None
-    return ContainerSettings(config=config, **spec_config(spec))
+    return ContainerSettings(site=site, **spec_config(spec))
 
 
 def describe(name: str, entry: dict[str, Any]) -> dict[str, Any]:

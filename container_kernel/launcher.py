@@ -30,7 +30,7 @@ from . import processes
 from .errors import ContainerKernelError
 from .kernel import LAUNCHER_MODULE, KernelContainer
 from .launch import Launch
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 
 PROVISIONER = "container-provisioner"
 
@@ -81,7 +81,7 @@ def _container(spec_dir: Path) -> tuple[KernelContainer, dict]:
     if provisioner.get("provisioner_name") != PROVISIONER:
         msg = f"{spec_file} names no {PROVISIONER} in metadata.kernel_provisioner."
         raise ContainerKernelError(msg)
-    settings = ContainerSettings(config=site_config(), **provisioner.get("config", {}))
+    settings = ContainerSettings(**provisioner.get("config", {}))  # (and the site's files)
     if settings.launcher != "local":
         msg = (
             f"launcher={settings.launcher} needs the container-provisioner: this client ignores "

@@ -25,7 +25,7 @@ from traitlets import (
     default,
     validate,
 )
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
 
 from .errors import ContainerKernelError
 from .gpus import GPU_MODES, gpu_mode
@@ -229,16 +229,18 @@ class ContainerSettings(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         """Settings from Jupyter config first, then the ones given here (a kernel spec's config,
         a cell's options): lists add to the configured ones, dicts merge (given keys win),
-        other values replace. Unknown names and changes to `locked` settings are refused."""
+        other values replace. Unknown names and changes to `locked` settings are refused.
+        `site=False` leaves the site's config files out."""
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in self._settings()}
         unknown = [
             name for name in kwargs if not (name in _FRAMEWORK_KWARGS or self.has_trait(name))
         ]
         if unknown:
             raise ContainerKernelError(_unknown_message(unknown[0], self._settings()))
-        # The site's files first, whatever the application (or none) configured (see site_config)
+        # The site's files first, whatever the application (or none) configured (see site_config);
+        # site=False: the values given alone (what a kernel.json written by `install` says).
         parent = kwargs.get("parent")
-        config = site_config()
+        config = site_config() if kwargs.pop("site", True) else Config()
         config.merge(kwargs.get("config") or getattr(parent, "config", None) or {})
         kwargs["config"] = config
         try:

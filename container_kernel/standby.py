@@ -37,6 +37,7 @@ BOOT = r"""
 import json, os, runpy, sys, threading, time
 fifo, extra, module = sys.argv[1:4]
 begun = time.time_ns()
+IMPORTED = "imported"
 if sys.path and sys.path[0] == "":
     sys.path[0] = os.getcwd()  # as `python -m` has it
 if extra:
@@ -48,6 +49,11 @@ def warm():
         import ipykernel.kernelapp, ipykernel.ipkernel
     except Exception:
         pass
+    files = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+    record = os.path.join(os.path.dirname(fifo), IMPORTED)
+    with open(record + ".partial", "w") as handle:
+        json.dump({"begun": begun, "files": [f for f in files if f]}, handle)
+    os.rename(record + ".partial", record)
 warming = threading.Thread(target=warm, daemon=True)
 warming.start()
 with open(fifo) as handle:
@@ -56,18 +62,10 @@ if not start:
     sys.exit(0)
 os.unlink(fifo)
 warming.join()
-start = json.loads(start)
-def changed(path):  # a module file replaced or written since we began (an image updated)
-    try:
-        return os.stat(path).st_ctime_ns >= begun
-    except OSError:
-        return True
-if any(changed(getattr(m, "__file__", None) or "/") for m in list(sys.modules.values())
-       if getattr(m, "__file__", None)):
-    os.execvp(start["cold"][0], start["cold"])  # what it imported is stale: start as a cold one
-sys.argv = [sys.argv[0]] + start["arguments"]
+sys.argv = [sys.argv[0]] + json.loads(start)
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
+IMPORTED = "imported"  # what BOOT writes once warm: when it began, the module files it loaded
 # An injected ipykernel's command (see kernel_check.py): `python -c INJECTED SITE MODULE ARGS...`.
 INJECTED = r"""
 import runpy, sys
@@ -103,19 +101,6 @@ class KernelCommand:
     def standby_command(self, fifo: str) -> list[str]:
         return [*self.interpreter, "-c", BOOT, fifo, self.extra_path, self.module]
 
-    def cold_command(self) -> list[str]:
-        """The command itself, as a start without a standby runs it."""
-        if self.extra_path:
-            return [
-                *self.interpreter,
-                "-c",
-                INJECTED,
-                self.extra_path,
-                self.module,
-                *self.arguments,
-            ]
-        return [*self.interpreter, "-m", self.module, *self.arguments]
-
 
 @dataclass
 class Standby:
@@ -139,21 +124,39 @@ class Standby:
             and identity == self.identity
         )
 
+    def imported_changed(self, image: str) -> bool:
+        """Whether a module file it imported changed in a sandbox image since it began (an
+        image updated in place: the folder's own identity does not show it, and Apptainer's
+        overlay may even show the standby the old file: only a new container sees the new one).
+        True while it is still importing: what it has may be stale already."""
+        if not os.path.isdir(image):
+            return False  # a SIF or SquashFS file: file_identity covers it
+        try:
+            record = json.loads((self.fifo.parent / IMPORTED).read_text())
+            begun, files = int(record["begun"]), list(record["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return True
+        for inside in files:
+            try:
+                if os.stat(os.path.join(image, inside.lstrip("/"))).st_ctime_ns >= begun:
+                    return True
+            except (OSError, AttributeError):
+                continue  # not the image's (a bind's: the injected ipykernel, the home)
+        return False
+
     def hand_over_nothing(self) -> None:
         with contextlib.suppress(OSError):
             os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
 
-    def hand_over(self, command: KernelCommand) -> bool:
-        """Tell it the kernel's arguments (and the whole command, for a standby that finds what
-        it imported changed: it runs that instead); False if it is not there to read them."""
+    def hand_over(self, arguments: list[str]) -> bool:
+        """Tell it the kernel's arguments; False if it is not there to read them."""
         try:
             fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)  # no reader: ENXIO at once
         except OSError:
             return False
         try:
             os.set_blocking(fd, True)
-            start = {"arguments": command.arguments, "cold": command.cold_command()}
-            os.write(fd, json.dumps(start).encode())
+            os.write(fd, json.dumps(arguments).encode())
             return True
         except OSError:
             return False

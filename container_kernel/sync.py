@@ -25,7 +25,7 @@ from .image_kernels import ImageKernel
 from .kernel import command_inside
 from .kernelspec import SIF_SUFFIXES, SQUASHFS_SUFFIXES
 from .probe import Facts
-from .settings import ContainerSettings, site_config
+from .settings import ContainerSettings
 
 LOCK_FILE = ".container-kernel-sync.lock"
 DRY_RUN_VERBS = {"added": "would add", "updated": "would update", "removed": "would remove"}
@@ -136,12 +136,12 @@ class Sync:
         """(name, spec, logos) for each kernel of `image`: every kernel it has, with --check (see
         installer.py); else what an earlier check of this same file (same mtime) learned, or the
         Python kernel alone, not run."""
-        settings = ContainerSettings(image=str(image), **self.flags)  # no site settings baked in
+        settings = ContainerSettings(image=str(image), site=False, **self.flags)  # (none baked in)
         mtime = image.stat().st_mtime_ns
         mark: dict[str, Any] = {"synced_from": str(self.folder), "image_mtime": mtime}
         base = kernelspec.default_kernel_name(str(image))
         if self.check:
-            effective = ContainerSettings(config=site_config(), image=str(image), **self.flags)
+            effective = ContainerSettings(image=str(image), **self.flags)
             planned = installer.plan_kernels(
                 settings, effective, interpreter=self.interpreter, say=lambda _: None
             )

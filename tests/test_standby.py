@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from kernels import run, running_kernel
 
+from container_kernel.errors import ContainerKernelError
 from container_kernel.sessions import marked_processes
 
 pytestmark = pytest.mark.lifecycle
@@ -132,3 +135,70 @@ def test_shutdown_takes_the_standby_along(kernel_spec, notebook_dir):
         time.sleep(0.1)
     assert [p for p in marked_processes(mark, variants=True) if alive(p)] == []
     assert [p for p in pythons if alive(p)] == []
+
+
+# A standby must never change what a restart does, only how fast: each of these changes between
+# the start and the restart reaches the restarted kernel (or fails it) as a cold restart would.
+
+
+def test_a_replaced_notebook_folder_is_the_one_a_restart_sees(kernel_spec, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "data.txt").write_text("old")
+    with running_kernel(kernel_spec(), str(folder)) as (km, kc):
+        waiting_standby(km)
+        folder.rename(tmp_path / "project.old")  # as `mv project project.old; mkdir project`
+        folder.mkdir()
+        (folder / "data.txt").write_text("new")
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        assert run(kc, "print(open('data.txt').read())").strip() == "new"
+
+
+def test_a_repointed_symlink_on_the_notebook_path_is_followed(kernel_spec, tmp_path):
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "data.txt").write_text(version)
+    link = tmp_path / "current"
+    link.symlink_to(tmp_path / "v1")
+    with running_kernel(kernel_spec(), str(link)) as (km, kc):
+        waiting_standby(km)
+        link.unlink()
+        link.symlink_to(tmp_path / "v2")
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        assert run(kc, "print(open('data.txt').read())").strip() == "v2"
+
+
+def test_a_deleted_bind_source_fails_the_restart_as_a_cold_one_would(
+    kernel_spec, notebook_dir, tmp_path
+):
+    source = tmp_path / "data"
+    source.mkdir()
+    with running_kernel(kernel_spec(binds=[f"{source}:/srv"]), str(notebook_dir)) as (km, _):
+        waiting_standby(km)
+        shutil.rmtree(source)
+        with pytest.raises(ContainerKernelError, match="Bind source does not exist"):
+            km.restart_kernel(now=False)
+
+
+def test_an_image_updated_in_place_is_the_one_a_restart_runs(
+    kernel_spec, notebook_dir, image, tmp_path
+):
+    """A sandbox whose file changes inside (the folder's own inode, size and mtime unchanged):
+    a standby that imported the old file is discarded (Apptainer's overlay would even show it
+    the old file: only a new container sees the new one)."""
+    copy = tmp_path / "image"
+    subprocess.run(["cp", "-al", str(image), str(copy)], check=True)  # (hard links: instant)
+    module = copy / "usr/lib/python3/dist-packages/ipykernel/__init__.py"
+    before = os.stat(copy)
+    with running_kernel(kernel_spec(image=str(copy)), str(notebook_dir)) as (km, kc):
+        waiting_standby(km)
+        replacement = module.with_name("__init__.py.new")  # (never write through a hard link)
+        replacement.write_text(module.read_text() + "\nUPDATED = 'yes'\n")
+        replacement.replace(module)
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        seen = run(kc, "import ipykernel; print(getattr(ipykernel, 'UPDATED', 'no'))").strip()
+    assert seen == "yes"
