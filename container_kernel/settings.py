@@ -231,6 +231,7 @@ class ContainerSettings(LoggingConfigurable):
         a cell's options): lists add to the configured ones, dicts merge (given keys win),
         other values replace. Unknown names and changes to `locked` settings are refused.
         `site=False` leaves the site's config files out."""
+        with_site = kwargs.pop("site", True)
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in self._settings()}
         unknown = [
             name for name in kwargs if not (name in _FRAMEWORK_KWARGS or self.has_trait(name))
@@ -240,7 +241,7 @@ class ContainerSettings(LoggingConfigurable):
         # The site's files first, whatever the application (or none) configured (see site_config);
         # site=False: the values given alone (what a kernel.json written by `install` says).
         parent = kwargs.get("parent")
-        config = site_config() if kwargs.pop("site", True) else Config()
+        config = site_config() if with_site else Config()
         config.merge(kwargs.get("config") or getattr(parent, "config", None) or {})
         kwargs["config"] = config
         try:
