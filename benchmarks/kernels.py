@@ -84,14 +84,18 @@ def write_spec(jupyter_path: Path, name: str, argv: list[str], config: dict | No
     return name
 
 
-def hand_written_argv(runtime: str, image: str, home: str, runtime_dir: str, cwd: str) -> list[str]:
+def hand_written_argv(
+    executable: str, image: str, home: str, runtime_dir: str, cwd: str
+) -> list[str]:
     """What a user writes by hand: a clean environment, a fake home, the connection file's
-    folder (Jupyter's runtime folder) bound, the notebook's folder as working folder."""
-    if runtime == "charliecloud":
+    folder (Jupyter's runtime folder) bound, the notebook's folder as working folder (values
+    literal: `--no-eval` where the runtime has it, Apptainer)."""
+    if executable == "ch-run":
         return ["ch-run", "--unset-env=*", "--env-no-expand", "--set-env=HOME=/root",
                 "-b", f"{home}:/root", "-b", f"{runtime_dir}:{runtime_dir}", "-c", cwd,
                 image, "--", *KERNEL]  # fmt: skip
-    return ["apptainer", "exec", "--cleanenv", "--no-eval", "--home", f"{home}:/root",
+    no_eval = ["--no-eval"] if "apptainer" in executable else []
+    return [executable, "exec", "--cleanenv", *no_eval, "--home", f"{home}:/root",
             "--bind", runtime_dir, "--pwd", cwd, image, *KERNEL]  # fmt: skip
 
 

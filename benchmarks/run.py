@@ -36,7 +36,10 @@ import report
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE_DIR = REPO / "tests" / "apptainer_double"
-RUNTIMES = ("charliecloud", "apptainer-sandbox", "apptainer-sif")
+RUNTIMES = ("charliecloud", "apptainer-sandbox", "apptainer-sif", "singularity-3.4-sandbox")
+# The real runtimes scripts/real-runtimes builds (the double stands in for Apptainer without it)
+REAL_APPTAINER = Path("/opt/apptainer/bin/apptainer")
+REAL_SINGULARITY_34 = Path("/opt/realsing/v3.4/bin/singularity")
 HOST = "host"
 CONCURRENT = 16
 SIF_NAME = "container-kernel-bench/python:1"  # the test image, in the tests' registry
@@ -48,14 +51,21 @@ DEBUG = "CK_BENCH_DEBUG"  # set: kernels' output and tracebacks on the terminal
 @dataclass
 class Runtime:
     label: str  # one of RUNTIMES
-    setting: str  # the `runtime` setting: charliecloud or apptainer
+    setting: str  # the `runtime` setting: charliecloud, apptainer or singularity
     image: str
+    executable: str = ""  # its `runtime_path`, where PATH would find another one
     specs: dict[str, str] = field(default_factory=dict)  # config (report.NAMES) -> spec name
 
     def exec_argv(self, *command: str) -> list[str]:
         if self.setting == "charliecloud":
             return ["ch-run", self.image, "--", *command]
-        return ["apptainer", "exec", self.image, *command]
+        return [self.executable or self.setting, "exec", self.image, *command]
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """The settings that name this runtime."""
+        named = {"runtime": self.setting}
+        return {**named, "runtime_path": self.executable} if self.executable else named
 
 
 @dataclass
@@ -163,6 +173,8 @@ def prepare(root: Path, args: argparse.Namespace) -> Run:
     from container_kernel.settings import ContainerSettings
 
     folders = {name: root / name for name in ("path", "data", "runtime", "config", "ipython")}
+    real = os.access(REAL_APPTAINER, os.X_OK)
+    apptainer = REAL_APPTAINER if real else DOUBLE_DIR / "apptainer"
     for folder in (*folders.values(), root / "notebooks", root / "homes", root / "apptainer-tmp"):
         folder.mkdir(mode=0o700)
     os.environ.update(
@@ -173,7 +185,7 @@ def prepare(root: Path, args: argparse.Namespace) -> Run:
         IPYTHONDIR=str(folders["ipython"]),
         APPTAINER_CACHEDIR=str(root / "apptainer-cache"),  # (what `apptainer pull` caches)
         APPTAINER_TMPDIR=str(root / "apptainer-tmp"),  # (where a SIF is mounted)
-        PATH=f"{DOUBLE_DIR}{os.pathsep}{os.environ['PATH']}",
+        PATH=f"{apptainer.parent}{os.pathsep}{os.environ['PATH']}",
     )
     os.environ.setdefault("USER", pwd.getpwuid(os.getuid()).pw_name)
     cwd = str(root / "notebooks")
@@ -184,6 +196,12 @@ def prepare(root: Path, args: argparse.Namespace) -> Run:
         runtime_dir=folders["runtime"],
         concurrent=args.concurrent,
         standby="standby" in ContainerSettings.class_traits(),
+    )
+    run.notes.append(
+        "apptainer rows: real Apptainer 1.4.5"
+        if real
+        else "apptainer rows: the TEST DOUBLE "
+        "(bubblewrap), no real Apptainer here: build it with scripts/real-runtimes (as root)."
     )
     if not run.standby:
         run.notes.append(
@@ -204,6 +222,13 @@ def find_runtimes(run: Run, wanted: list[str], image: str, sif: str | None) -> l
             found.append(Runtime(label, "charliecloud", image))
         elif label == "apptainer-sandbox":
             found.append(Runtime(label, "apptainer", image))
+        elif label == "singularity-3.4-sandbox":
+            if not os.access(REAL_SINGULARITY_34, os.X_OK):
+                run.notes.append(
+                    f"{label} skipped: no {REAL_SINGULARITY_34} (scripts/real-runtimes)"
+                )
+                continue
+            found.append(Runtime(label, "singularity", image, str(REAL_SINGULARITY_34)))
         else:
             path, why = sif_image(image, run.root, sif)
             if path is None:
@@ -261,12 +286,14 @@ def write_specs(run: Run, rt: Runtime) -> None:
     """The kernel specs compared on runtime `rt`: hand-written, ours (standby off and on), and
     one that `container-kernel install` writes."""
     path = Path(os.environ["JUPYTER_PATH"])
-    config = {"image": rt.image, "runtime": rt.setting}
+    config = {"image": rt.image, **rt.settings}
     if run.standby:  # (its default may change: say it)
         config["standby"] = False
     home = run.root / "homes" / f"hand-{rt.label}"
     home.mkdir(mode=0o700)
-    argv = kernels.hand_written_argv(rt.setting, rt.image, str(home), str(run.runtime_dir), run.cwd)
+    argv = kernels.hand_written_argv(
+        rt.exec_argv()[0], rt.image, str(home), str(run.runtime_dir), run.cwd
+    )
     rt.specs["hand"] = kernels.write_spec(path, f"hand-{rt.label}", argv, None)
     rt.specs["ours"] = kernels.write_spec(path, f"ck-{rt.label}", kernels.KERNEL, config)
     if run.standby:
@@ -275,8 +302,9 @@ def write_specs(run: Run, rt: Runtime) -> None:
         )
     name = f"ck-installed-{rt.label}"
     cli = Path(sys.executable).parent / "container-kernel"
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in rt.settings.items()]
     out = _quiet_run([str(cli), "install", rt.image, "--name", name, "--python", "python3",
-                      "--runtime", rt.setting, "--user"])  # fmt: skip
+                      *flags, "--user"])  # fmt: skip
     if out.returncode == 0:
         rt.specs["installed"] = name
     else:
@@ -463,7 +491,8 @@ def _magic(rt: Runtime, shell):
         sink = io.StringIO()
         started = time.perf_counter()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            shell.run_cell_magic("container", f"--runtime {rt.setting} {rt.image}", "pass")
+            flags = " ".join(f"--{k.replace('_', '-')}={v}" for k, v in rt.settings.items())
+            shell.run_cell_magic("container", f"{flags} {rt.image}", "pass")
         return {("magic", ""): (time.perf_counter() - started) * 1000}
 
     return work

@@ -113,8 +113,8 @@ def test_site_settings_reach_a_kernel_through_its_server_config(site, kernel_spe
 def test_the_documented_site_config_as_it_is(tmp_path, monkeypatch, kernel_spec):
     folder = tmp_path / "etc-jupyter"
     folder.mkdir()
-    docs = Path(__file__).parent.parent / "docs" / "jupyter_server_config.py"
-    (folder / "jupyter_server_config.py").write_text(docs.read_text())
+    docs = Path(__file__).parent.parent / "docs" / "container_kernel_config.py"
+    (folder / "container_kernel_config.py").write_text(docs.read_text())
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "data.csv").write_text("1,2")

@@ -1,5 +1,6 @@
-# /etc/jupyter/jupyter_server_config.py: container-kernel settings for every user, every
-# container kernel spec, the launcher of installed specs, %%container and `container-kernel check`.
+# /etc/jupyter/container_kernel_config.py: container-kernel settings for every user and every
+# client: Jupyter Server, papermill, nbconvert, jupyter console and run, a script's KernelManager,
+# the launcher of installed specs, %%container and the container-kernel command.
 # A kernel spec's own config goes on top: lists add up, dicts merge (the spec's keys win), other
 # values from the spec win, except the `locked` ones. tests/test_settings.py runs this file.
 import os
