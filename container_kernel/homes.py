@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -23,8 +24,12 @@ def private_dir(path: Path) -> Path:
 
 
 def persistent_home_path(home_root: str, kernel_name: str) -> Path:
-    """Where the home kept between sessions of one kernel spec lives."""
+    """Where the home kept between sessions of one kernel spec lives: its name as it is, or,
+    for a name with other characters, a readable form plus a digest of the name itself (so
+    "a b", "a_b" and "a+b" never share a home)."""
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", kernel_name) or "default"
+    if safe_name != kernel_name:
+        safe_name += "-" + hashlib.sha256(kernel_name.encode()).hexdigest()[:8]
     return Path(home_root).expanduser() / safe_name
 
 

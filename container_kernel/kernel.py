@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from .standby import Standby, file_identity, folder_identity
 # An installed spec's argv runs the kernel through `python -m container_kernel.launcher`, so that
 # clients that ignore provisioners get the container too (see launcher.py).
 LAUNCHER_MODULE = "container_kernel.launcher"
+MAX_CONNECTION_FILE = 1 << 20  # bytes: a connection file has a few hundred
 
 
 def spec_argv(inner: Sequence[str], python: str | None = None) -> list[str]:
@@ -143,6 +145,7 @@ class KernelContainer:
             fits = fits and not waiting.imported_changed(inputs["image"])
             if fits and waiting.hand_over(parsed.arguments):
                 self.session = self.session.with_variant(waiting.variant)
+                shutil.rmtree(waiting.fifo.parent, ignore_errors=True)  # (it has read the FIFO)
                 return waiting.process
             self.standby = waiting
             self._discard_standby()
@@ -170,6 +173,10 @@ class KernelContainer:
         and point the command there: binding Jupyter's runtime folder would show the kernel
         every other kernel's key and the server's token."""
         original = os.path.realpath(connection_file)
+        info = os.stat(original)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONNECTION_FILE:
+            msg = f"{connection_file} is not a connection file (a small JSON file)."
+            raise ContainerKernelError(msg)
         folder = private_mount(self.settings, self.session)
         name = os.path.basename(original)
         copy = Path(folder.src, name)

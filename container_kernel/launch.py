@@ -213,7 +213,8 @@ def plan(
 def _write_private(path: Path, text: str) -> None:
     """A file only we can read (values of the kernel's environment)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    # (a host value that is not UTF-8 arrives as its bytes, as os.environ holds them)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
 
 

@@ -34,9 +34,8 @@ FIFO = "start"
 DISCARD_GRACE = 1.0  # seconds a discarded standby has to exit by itself
 # Run inside by the image's Python (any 3.x): argv = [-c, fifo, sys.path addition or "", module].
 BOOT = r"""
-import json, os, runpy, sys, threading, time
+import json, os, runpy, sys, threading
 fifo, extra, module = sys.argv[1:4]
-begun = time.time_ns()
 IMPORTED = "imported"
 if sys.path and sys.path[0] == "":
     sys.path[0] = os.getcwd()  # as `python -m` has it
@@ -49,10 +48,17 @@ def warm():
         import ipykernel.kernelapp, ipykernel.ipkernel
     except Exception:
         pass
-    files = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+    seen = {}
+    for m in list(sys.modules.values()):
+        try:
+            path = os.path.realpath(m.__file__)  # (the host finds it without our symlinks)
+            info = os.stat(path)
+            seen[path] = [info.st_mtime_ns, info.st_size]
+        except (AttributeError, OSError, TypeError):
+            pass
     record = os.path.join(os.path.dirname(fifo), IMPORTED)
     with open(record + ".partial", "w") as handle:
-        json.dump({"begun": begun, "files": [f for f in files if f]}, handle)
+        json.dump(seen, handle)
     os.rename(record + ".partial", record)
 warming = threading.Thread(target=warm, daemon=True)
 warming.start()
@@ -60,12 +66,15 @@ with open(fifo) as handle:
     start = handle.read()
 if not start:
     sys.exit(0)
-os.unlink(fifo)
+try:
+    os.unlink(fifo)
+except OSError:
+    pass  # (the host removed its folder once it handed the start over)
 warming.join()
 sys.argv = [sys.argv[0]] + json.loads(start)
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
-IMPORTED = "imported"  # what BOOT writes once warm: when it began, the module files it loaded
+IMPORTED = "imported"  # what BOOT writes once warm: each module file it loaded, as it saw it
 # An injected ipykernel's command (see kernel_check.py): `python -c INJECTED SITE MODULE ARGS...`.
 INJECTED = r"""
 import runpy, sys
@@ -125,23 +134,25 @@ class Standby:
         )
 
     def imported_changed(self, image: str) -> bool:
-        """Whether a module file it imported changed in a sandbox image since it began (an
-        image updated in place: the folder's own identity does not show it, and Apptainer's
-        overlay may even show the standby the old file: only a new container sees the new one).
-        True while it is still importing: what it has may be stale already."""
+        """Whether a module file it imported is no longer what it read, in a sandbox image
+        (updated in place: the folder's own identity does not show it, and Apptainer's overlay
+        may even show the standby the old file: only a new container sees the new one). The
+        modification time and size it saw inside against the image's file now (not the change
+        time: a hard link to the file, as `cp -al` makes, changes that too). True while it is
+        still importing: what it has may be stale already."""
         if not os.path.isdir(image):
             return False  # a SIF or SquashFS file: file_identity covers it
         try:
-            record = json.loads((self.fifo.parent / IMPORTED).read_text())
-            begun, files = int(record["begun"]), list(record["files"])
-        except (OSError, ValueError, KeyError, TypeError):
+            seen = dict(json.loads((self.fifo.parent / IMPORTED).read_text()))
+        except (OSError, ValueError, TypeError):
             return True
-        for inside in files:
+        for inside, before in seen.items():
             try:
-                if os.stat(os.path.join(image, inside.lstrip("/"))).st_ctime_ns >= begun:
-                    return True
-            except (OSError, AttributeError):
+                info = os.stat(os.path.join(image, str(inside).lstrip("/")))
+            except OSError:
                 continue  # not the image's (a bind's: the injected ipykernel, the home)
+            if [info.st_mtime_ns, info.st_size] != before:
+                return True
         return False
 
     def hand_over_nothing(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -166,3 +167,42 @@ def test_the_sites_config_reaches_a_kernel_without_provisioner(
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert out.split() == ["1", "spec"]
+
+
+def test_a_sigkilled_launcher_takes_its_kernel_along(installed_spec, notebook_dir):
+    """VS Code kills the spec's process (the launcher) with SIGKILL: the kernel, its runtime
+    and its session go too, on every runtime (real Apptainer drops the parent-death signal)."""
+    km = without_provisioner(installed_spec())
+    kc = started(km, notebook_dir)
+    try:
+        mark = run(kc, "import os; print(os.environ['CONTAINER_KERNEL_SESSION'])").strip()
+        kernel = marked_processes(mark)
+        assert kernel
+        os.kill(km.provisioner.pid, signal.SIGKILL)  # the launcher
+        deadline = time.monotonic() + 10
+        while (marked_processes(mark) or (sessions_root() / mark).exists()) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert marked_processes(mark) == []
+        assert not (sessions_root() / mark).exists()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_connection_file_that_is_not_one_fails_at_once(installed_spec, notebook_dir):
+    """`--connection-file /dev/zero` used to fill the session's folder before failing."""
+    argv = spec_argv(INNER)
+    spec_dir = Path(os.environ["JUPYTER_PATH"], "kernels", installed_spec())
+    argv = [a.replace("{resource_dir}", str(spec_dir)).replace("{connection_file}", "/dev/zero")
+            for a in argv]  # fmt: skip
+    started_at = time.monotonic()
+    out = subprocess.run(argv, cwd=notebook_dir, capture_output=True, text=True, timeout=30,
+                         check=False)  # fmt: skip
+    assert time.monotonic() - started_at < 10
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "container-kernel: /dev/zero is not a connection file (a small JSON file)."
+    )
+    assert os.listdir(sessions_root()) == []

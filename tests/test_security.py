@@ -215,3 +215,15 @@ def test_a_shared_tmp_is_the_hosts_yet_holds_no_key(kernel_spec, notebook_dir, t
         if path.is_file() and os.access(path, os.R_OK) and key in path.read_bytes()
     ]
     assert leaked == []
+
+
+def test_a_host_value_that_is_not_utf8_arrives_byte_for_byte(
+    kernel_spec, notebook_dir, monkeypatch
+):
+    """os.environ keeps such bytes as surrogates: ch-run's env file used to fail on them
+    (UnicodeEncodeError), and Apptainer's JSON turned them into U+FFFD."""
+    monkeypatch.setenv("CK_RAW", os.fsdecode(b"caf\xe9 \xff$(id)"))
+    name = kernel_spec(pass_env=["CK_RAW"])
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        seen = run(kc, "import os; print(os.environb.get(b'CK_RAW', b'missing').hex())").strip()
+    assert bytes.fromhex(seen) == b"caf\xe9 \xff$(id)"

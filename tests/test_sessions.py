@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 
+from container_kernel.homes import persistent_home_path
 from container_kernel.sessions import Session, marked_processes, sweep
 
 
@@ -27,3 +28,10 @@ def test_sweep_ends_dead_owners_sessions_of_this_host_only(tmp_path):
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_spec_names_that_differ_only_in_odd_characters_get_homes_of_their_own(tmp_path):
+    names = ["adv home", "adv_home", "adv+home", "adv-home"]
+    paths = {persistent_home_path(str(tmp_path), name) for name in names}
+    assert len(paths) == len(names)
+    assert persistent_home_path(str(tmp_path), "adv_home") == tmp_path / "adv_home"  # as before

@@ -202,3 +202,15 @@ def test_an_image_updated_in_place_is_the_one_a_restart_runs(
         kc.wait_for_ready(timeout=60)
         seen = run(kc, "import ipykernel; print(getattr(ipykernel, 'UPDATED', 'no'))").strip()
     assert seen == "yes"
+
+
+def test_restarts_leave_no_standby_folders_behind(kernel_spec, notebook_dir):
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        session = km.provisioner._session.folder
+        for _ in range(3):
+            waiting_standby(km)
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+            assert run(kc, "print(1)").strip() == "1"
+        waiting_standby(km)
+        assert len(list(session.glob("standby-*"))) == 1  # the next restart's, no more

@@ -108,6 +108,15 @@ def env_file(values: Mapping[str, str]) -> str:
     )
 
 
+def _utf8(value: str) -> bool:
+    """Whether a value is text (os.environ keeps bytes that are not UTF-8 as surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _expressible(path: str) -> bool:
     """`--bind` splits on ',' and ':': a path holding one cannot be bound by name."""
     return "," not in path and ":" not in path
@@ -173,16 +182,24 @@ def exec_command(
     env = dict(host_env)
     if request.cleanenv:  # prefixed host variables and proxies would pass a clean environment
         env = {k: v for k, v in env.items() if not k.startswith(PREFIXES) and k not in PROXIES}
+    # Apptainer hands values to its starter as JSON, which turns bytes that are not UTF-8 into
+    # U+FFFD: those go through the file below, byte for byte (the others as prefixed variables).
+    raw = {name: value for name, value in request.env.items() if not _utf8(value)}
     if flavour.has_no_eval:
-        env.update({flavour.env_prefix + name: value for name, value in request.env.items()})
-        return Command([*argv, *request.command], env)
+        env.update(
+            {flavour.env_prefix + name: value for name, value in request.env.items()
+             if name not in raw}
+        )  # fmt: skip
+        if not raw:
+            return Command([*argv, *request.command], env)
+    values = raw if flavour.has_no_eval else request.env
     if request.private is None:
         msg = f"{flavour} has no --no-eval: values need a private folder to go through."
         raise ContainerKernelError(msg)
     host_file = f"{request.private.src}/{ENV_FILE}"
     inside_file = f"{request.private.dst}/{ENV_FILE}"
     command = ["/bin/sh", "-c", SOURCE_AND_EXEC, "sh", inside_file, *request.command]
-    return Command([*argv, *command], env, {host_file: env_file(request.env)})
+    return Command([*argv, *command], env, {host_file: env_file(values)})
 
 
 # Pulled images are SIF files, the same for every flavour.
