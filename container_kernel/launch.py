@@ -94,9 +94,10 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
+def workdir_mount(cwd: str, inside_home: str | None, tmp_mounts: bool = True) -> Bind | None:
     """Bind the working directory at its own path, or at NOTEBOOK_MOUNT where that would
-    touch the fake home or cover one of the image's system folders."""
+    touch the fake home or cover one of the image's system folders, or lie in the private /tmp
+    of a runtime that cannot mount there (`tmp_mounts` False)."""
     if cwd == "/":
         return None
     # A folder at, above or under the home inside: binding it there would cover the fake home,
@@ -107,7 +108,9 @@ def workdir_mount(cwd: str, inside_home: str | None) -> Bind | None:
     covers_system = (
         cwd in SYSTEM_DIRS or cwd in PRIVATE_TMP or cwd.startswith(("/proc/", "/sys/", "/dev/"))
     )
-    return Bind(cwd, NOTEBOOK_MOUNT if covers_home or covers_system else cwd, staging="notebook")
+    in_tmp = not tmp_mounts and any(_within(cwd, folder) for folder in PRIVATE_TMP)
+    elsewhere = covers_home or covers_system or in_tmp
+    return Bind(cwd, NOTEBOOK_MOUNT if elsewhere else cwd, staging="notebook")
 
 
 def private_mount(settings: ContainerSettings, session: Session) -> Bind:
@@ -132,16 +135,18 @@ def build_request(
     extra_binds: Sequence[Bind] = (),
     env_defaults: Mapping[str, str] | None = None,
     image: str | None = None,
+    tmp_mounts: bool = True,
 ) -> ExecRequest:
     """Everything the runtime needs to know, decided once for every backend.
 
     `home` is the host folder of the fake home (None: no home mount); `session` the launch's
     private folder and mark; `named_env` names host variables the caller owns (a kernel spec's
     `env`); `extra_binds` are the caller's own; `env_defaults` are values inside that anything
-    the user names wins over (a kernel language's needs).
+    the user names wins over (a kernel language's needs); `tmp_mounts`: whether the runtime
+    mounts the notebook's folder in the private /tmp (see workdir_mount).
     """
     inside_home = home_inside() if home is not None else None
-    workdir = workdir_mount(cwd, inside_home)
+    workdir = workdir_mount(cwd, inside_home, tmp_mounts or settings.share_tmp)
     private = private_mount(settings, session)
     binds = [*extra_binds, *user_binds(settings.binds)]
     if not settings.share_tmp and (covered := [b.spec() for b in binds if b.dst in PRIVATE_TMP]):
@@ -203,6 +208,7 @@ def plan(
         settings, command, cwd=cwd, home=home, host_env=host_env, session=session,
         named_env=named_env, extra_binds=extra_binds, env_defaults=env_defaults,
         image=image or local_image(settings, runtime, progress),
+        tmp_mounts=runtime.mounts_in_private_tmp,
     )  # fmt: skip
     command = runtime.exec_command(request, host_env)
     for path, text in command.files.items():

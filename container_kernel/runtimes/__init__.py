@@ -54,6 +54,11 @@ class Runtime:
         )
 
     @property
+    def mounts_in_private_tmp(self) -> bool:
+        """Whether it can mount the notebook's folder under the private /tmp we bind."""
+        return self.flavour.mounts_in_private_tmp
+
+    @property
     def forwards_signals(self) -> bool:
         """Whether the process Popen starts is a parent that forwards signals to the command
         (Apptainer's starter), rather than the command itself (ch-run execs it)."""

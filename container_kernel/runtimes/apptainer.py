@@ -49,6 +49,14 @@ class Flavour:
         return self.name == "apptainer" or self.version >= (3, 0, 0)
 
     @property
+    def mounts_in_private_tmp(self) -> bool:
+        """Whether it mounts the notebook's folder under the private /tmp we bind: Singularity
+        3.0-3.5 skips a bind there whose mount point exists ("already mounted": every restart,
+        once the first start made it) and its own current-folder mount, so a notebook under
+        /tmp is bound elsewhere (launch.workdir_mount)."""
+        return not (self.name == "singularity" and (3, 0, 0) <= self.version < (3, 6, 0))
+
+    @property
     def makes_mount_points_in_binds(self) -> bool:
         """3.x and Apptainer make a bind's mount point inside another bind (our /tmp); 2.x
         does not (see _make_mount_point)."""
@@ -117,9 +125,14 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def _expressible(path: str) -> bool:
-    """`--bind` splits on ',' and ':': a path holding one cannot be bound by name."""
-    return "," not in path and ":" not in path
+def _expressible(path: str, flavour: Flavour | None = None) -> bool:
+    """`--bind` splits on ',' and ':': a path holding one cannot be bound by name. Singularity
+    3.0-3.5 also reads '"' as CSV quoting (a usage error) and mangles what is not UTF-8."""
+    if "," in path or ":" in path:
+        return False
+    if flavour is not None and not flavour.mounts_in_private_tmp:  # (3.0-3.5)
+        return '"' not in path and _utf8(path)
+    return True
 
 
 def _gpu_flag(flavour: Flavour, gpu: str) -> str:
@@ -167,10 +180,11 @@ def exec_command(
     for bind in request.binds:
         if not flavour.makes_mount_points_in_binds:
             _make_mount_point(bind.dst, request)
-        if _expressible(bind.src) and _expressible(bind.dst):
+        if _expressible(bind.src, flavour) and _expressible(bind.dst, flavour):
             argv += ["--bind", bind.spec()]
         elif not (bind.staging == "notebook" and bind.src == bind.dst):
-            msg = f"Apptainer cannot bind {bind.src}: ',' or ':' in the path; rename it."
+            odd = "',' or ':'" if flavour.mounts_in_private_tmp else "',', ':', '\"' or non-UTF-8"
+            msg = f"{flavour} cannot bind {bind.src}: {odd} in the path; rename it."
             raise ContainerKernelError(msg)
         # else: the runtime starts in that folder and mounts its current directory itself
     if request.workdir:

@@ -37,6 +37,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class Flavour:
     version: tuple[int, ...]
     forwards_signals = False  # ch-run execs the command: signals reach it directly
+    mounts_in_private_tmp = True  # (a folder of ours: its mount points are made there)
 
     def __str__(self) -> str:
         return f"charliecloud {'.'.join(map(str, self.version))}"
