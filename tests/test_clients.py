@@ -25,6 +25,17 @@ def sessions_left() -> list[str]:
     return sorted(path.name for path in sessions_root().iterdir())
 
 
+def answer(km) -> str:
+    """What the running kernel of `km` answers to 6 * 7."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        return run(kc, "print(6 * 7)").strip()
+    finally:
+        kc.stop_channels()
+
+
 def test_a_relative_connection_file_works(kernel_spec, notebook_dir, tmp_path, monkeypatch):
     """MultiKernelManager without connection_dir (its default) names `kernel-<id>.json`
     relative to the current folder."""
@@ -33,13 +44,9 @@ def test_a_relative_connection_file_works(kernel_spec, notebook_dir, tmp_path, m
     kernel_id = mkm.start_kernel(kernel_name=kernel_spec(), cwd=str(notebook_dir))
     km = mkm.get_kernel(kernel_id)
     assert not os.path.isabs(km.connection_file)
-    kc = km.client()
-    kc.start_channels()
     try:
-        kc.wait_for_ready(timeout=30)
-        assert run(kc, "print(6 * 7)").strip() == "42"
+        assert answer(km) == "42"
     finally:
-        kc.stop_channels()
         mkm.shutdown_all()
     assert sessions_left() == []
 
@@ -49,13 +56,9 @@ def test_a_connection_file_in_a_folder_with_spaces(kernel_spec, notebook_dir, tm
     folder.mkdir(mode=0o700)
     km = KernelManager(kernel_name=kernel_spec(), connection_file=str(folder / "kernel 1.json"))
     km.start_kernel(cwd=str(notebook_dir))
-    kc = km.client()
-    kc.start_channels()
     try:
-        kc.wait_for_ready(timeout=30)
-        assert run(kc, "print(6 * 7)").strip() == "42"
+        assert answer(km) == "42"
     finally:
-        kc.stop_channels()
         km.shutdown_kernel(now=True)
 
 

@@ -236,3 +236,11 @@ def test_a_host_value_that_is_not_utf8_arrives_byte_for_byte(
     with running_kernel(name, str(notebook_dir)) as (_, kc):
         seen = run(kc, "import os; print(os.environb.get(b'CK_RAW', b'missing').hex())").strip()
     assert bytes.fromhex(seen) == b"caf\xe9 \xff$(id)"
+
+
+@pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)
+def test_a_name_chrun_cannot_carry_is_refused_for_what_it_is(kernel_spec, notebook_dir):
+    km = KernelManager(kernel_name=kernel_spec(env={"BAD=NAME": "x"}))
+    with pytest.raises(ContainerKernelError, match=r"^ch-run cannot pass the variable 'BAD=NAME'"):
+        km.start_kernel(cwd=str(notebook_dir))
+    assert list(sessions_root().iterdir()) == []

@@ -120,7 +120,10 @@ def _env_file(env: Mapping[str, str]) -> str:
     value gets a pair (`'x'` arrives as `'x'`). A line holds no newline: such a value is refused."""
     lines = []
     for name, value in env.items():
-        if "\n" in value or "\n" in name or "=" in name:
+        if "\n" in name or "=" in name:
+            msg = f"ch-run cannot pass the variable {name!r}: a name holds no '=' or newline."
+            raise ContainerKernelError(msg)
+        if "\n" in value:
             msg = f"ch-run cannot pass {name!r}: its value holds a newline; use Apptainer."
             raise ContainerKernelError(msg)
         lines.append(f"{name}='{value}'\n")
