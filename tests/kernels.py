@@ -18,16 +18,20 @@ def running_kernel(
     # Where Jupyter Server puts connection files (a standalone KernelManager uses /tmp).
     connection_file = Path(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
     km = KernelManager(kernel_name=name, connection_file=str(connection_file), **manager_options)
-    km.start_kernel(cwd=cwd)
-    kc = km.client()
-    kc.start_channels()
     try:
-        kc.wait_for_ready(timeout=60)
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        if km.has_kernel:
-            km.shutdown_kernel(now=False)
+        km.start_kernel(cwd=cwd)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            yield km, kc
+        finally:
+            kc.stop_channels()
+            if km.has_kernel:
+                km.shutdown_kernel(now=False)
+    finally:  # a start or restart that raised: jupyter_client leaves its ZMQ context open
+        if not km.context.closed:
+            km.context.destroy(linger=0)
 
 
 def run(kc: BlockingKernelClient, code: str, timeout: float = 60) -> str:
