@@ -4,6 +4,7 @@ start. On every runtime under test (the real ones in CI)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -90,7 +91,7 @@ async def test_a_server_restart_after_the_notebook_folder_went_is_a_dead_kernel(
         await km.restart_kernel(now=True)
         deadline = time.monotonic() + 10
         while await km.provisioner.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         assert await km.provisioner.poll() == 1
         assert "is gone" in "".join(km.provisioner._stderr_tail)
     finally:

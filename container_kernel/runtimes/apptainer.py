@@ -49,12 +49,17 @@ class Flavour:
         return self.name == "apptainer" or self.version >= (3, 0, 0)
 
     @property
+    def early_3x(self) -> bool:
+        """Singularity 3.0-3.5, whose binds have quirks of their own (see the two below)."""
+        return self.name == "singularity" and (3, 0, 0) <= self.version < (3, 6, 0)
+
+    @property
     def mounts_in_private_tmp(self) -> bool:
         """Whether it mounts the notebook's folder under the private /tmp we bind: Singularity
         3.0-3.5 skips a bind there whose mount point exists ("already mounted": every restart,
         once the first start made it) and its own current-folder mount, so a notebook under
         /tmp is bound elsewhere (launch.workdir_mount)."""
-        return not (self.name == "singularity" and (3, 0, 0) <= self.version < (3, 6, 0))
+        return not self.early_3x
 
     @property
     def makes_mount_points_in_binds(self) -> bool:
@@ -130,7 +135,7 @@ def _expressible(path: str, flavour: Flavour | None = None) -> bool:
     3.0-3.5 also reads '"' as CSV quoting (a usage error) and mangles what is not UTF-8."""
     if "," in path or ":" in path:
         return False
-    if flavour is not None and not flavour.mounts_in_private_tmp:  # (3.0-3.5)
+    if flavour is not None and flavour.early_3x:
         return '"' not in path and _utf8(path)
     return True
 
@@ -183,7 +188,7 @@ def exec_command(
         if _expressible(bind.src, flavour) and _expressible(bind.dst, flavour):
             argv += ["--bind", bind.spec()]
         elif not (bind.staging == "notebook" and bind.src == bind.dst):
-            odd = "',' or ':'" if flavour.mounts_in_private_tmp else "',', ':', '\"' or non-UTF-8"
+            odd = "',', ':', '\"' or non-UTF-8" if flavour.early_3x else "',' or ':'"
             msg = f"{flavour} cannot bind {bind.src}: {odd} in the path; rename it."
             raise ContainerKernelError(msg)
         # else: the runtime starts in that folder and mounts its current directory itself
