@@ -19,6 +19,7 @@ from kernels import run, running_kernel
 
 from container_kernel.errors import ContainerKernelError
 from container_kernel.sessions import marked_processes
+from container_kernel.standby import IMPORTED
 
 pytestmark = pytest.mark.lifecycle
 
@@ -33,7 +34,9 @@ def alive(pid: int) -> bool:
 
 
 def waiting_standby(km, timeout: float = 20):
-    """The kernel's standby once its Python has imported ipykernel (its warm thread is gone)."""
+    """The kernel's standby once its Python has imported ipykernel: its warm thread is gone and
+    it has written what it imported (single-threaded alone may still be a shell that has not
+    exec'd Python: Singularity 2.6 without an exec helper)."""
     container = km.provisioner._container
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,7 +44,8 @@ def waiting_standby(km, timeout: float = 20):
         if standby is not None:
             mark = container.session.with_variant(standby.variant).mark
             pythons = [p for p in marked_processes(mark, inside_only=True) if alive(p)]
-            if pythons and all(len(os.listdir(f"/proc/{p}/task")) == 1 for p in pythons):
+            warm = (standby.fifo.parent / IMPORTED).exists()
+            if warm and pythons and all(len(os.listdir(f"/proc/{p}/task")) == 1 for p in pythons):
                 return standby, mark, pythons
         time.sleep(0.1)
     raise AssertionError("no standby ready within 20 s")
