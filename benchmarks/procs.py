@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-MARKER = "CONTAINER_KERNEL_SESSION"  # (container_kernel.sessions: every process inside has it)
+MARKER = (
+    "CONTAINER_KERNEL_SESSION"  # (container_kernel.launch.sessions: every process inside has it)
+)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from traitlets import (
 )
 from traitlets.config import Config, LoggingConfigurable
 
-from .errors import ContainerKernelError
-from .gpus import GPU_MODES, gpu_mode
-from .images import default_root
+from .ground.errors import ContainerKernelError
+from .images.cache import default_root
+from .launch.gpus import GPU_MODES, gpu_mode
 from .runtimes.base import parse_bind
 
 HOME_MODES = ("persistent", "temporary", "none")

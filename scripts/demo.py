@@ -18,7 +18,7 @@ import nbformat
 from jupyter_core.paths import jupyter_data_dir
 from nbclient import NotebookClient
 
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
 from container_kernel.runtimes import charliecloud, find_runtime
 
 REPO = Path(__file__).resolve().parent.parent

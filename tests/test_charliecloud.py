@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
 from container_kernel.runtimes.base import Bind, ExecRequest
 from container_kernel.runtimes.charliecloud import Flavour, exec_command, parse_version
 

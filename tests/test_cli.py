@@ -11,22 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from container_kernel import cli
-from container_kernel.arguments import ARGUMENTS, settings_from_arguments
-from container_kernel.kernelspec import logo_files
+from container_kernel.faces import cli
+from container_kernel.faces.cli_arguments import ARGUMENTS, settings_from_arguments
+from container_kernel.faces.kernelspecs import logo_files
 
 GIVEN = ("runtime", "runtime_path", "binds", "env", "pass_env", "home", "home_root", "cleanenv",
          "gpu", "share_tmp", "runtime_args")  # fmt: skip
 RUNTIME_ARG = {"apptainer": "--env=EXTRA=1", "charliecloud": "--set-env=EXTRA=1"}
 LAUNCHER = [
-    sys.executable, "-m", "container_kernel.launcher", "--spec-dir", "{resource_dir}",
+    sys.executable, "-m", "container_kernel.faces.spec_argv", "--spec-dir", "{resource_dir}",
     "--connection-file", "{connection_file}", "--",
 ]  # fmt: skip
 
 
 def container_kernel(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [python, "-m", "container_kernel.cli", *args],
+        [python, "-m", "container_kernel.faces.cli", *args],
         capture_output=True,
         text=True,
         check=False,

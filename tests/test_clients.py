@@ -16,8 +16,8 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.multikernelmanager import MultiKernelManager
 from kernels import run, running_kernel
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import sessions_root
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import sessions_root
 
 pytestmark = pytest.mark.lifecycle
 

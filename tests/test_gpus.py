@@ -26,17 +26,17 @@ from slurm_cluster import slurm_fixture  # noqa: F401
 from traitlets import TraitError
 from traitlets.config import Config
 
-from container_kernel import gpus
-from container_kernel.arguments import add_settings_arguments, settings_from_arguments
-from container_kernel.cli import build_parser
-from container_kernel.errors import ContainerKernelError
-from container_kernel.launch import build_request
-from container_kernel.magics import ContainerMagics
+from container_kernel.faces.cli import build_parser
+from container_kernel.faces.cli_arguments import add_settings_arguments, settings_from_arguments
+from container_kernel.faces.magics import ContainerMagics
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch import gpus
+from container_kernel.launch.plan import build_request
+from container_kernel.launch.sessions import Session
+from container_kernel.placements.slurm import srun_launch
 from container_kernel.runtimes import apptainer, charliecloud
 from container_kernel.runtimes.base import ExecRequest
-from container_kernel.sessions import Session
 from container_kernel.settings import ContainerSettings, site_config
-from container_kernel.slurm import srun_launch
 
 # What a scheduler would set on the host (fake values: no GPU here).
 NVIDIA = {"CUDA_VISIBLE_DEVICES": "1,3", "NVIDIA_VISIBLE_DEVICES": "1,3"}
@@ -121,7 +121,7 @@ def test_install_writes_gpu_and_threads_into_the_spec(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "path"))
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    run_cli = [sys.executable, "-m", "container_kernel.cli", "install", "--no-check"]
+    run_cli = [sys.executable, "-m", "container_kernel.faces.cli", "install", "--no-check"]
     out = subprocess.run([*run_cli, "/images/a.sif", "--gpu=amd", "--threads", "4"],
                          capture_output=True, text=True, check=False)  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -184,7 +184,7 @@ def request_for(tmp_path, session, host_env=HOST, **settings) -> ExecRequest:
     image.mkdir(exist_ok=True)
     return build_request(
         ContainerSettings(image=str(image), **settings), ["python3"], cwd=str(tmp_path),
-        home=None, host_env=host_env, session=session,
+        home=None, host_env=host_env, session=session, image=str(image),
     )  # fmt: skip
 
 
@@ -296,7 +296,7 @@ def test_ch_run_nvidia_needs_an_image_prepared_by_ch_fromhost(image_dir):
 def test_threads_ask_slurm_for_cpus_unless_slurm_args_do(threads, slurm_args, cpus):
     settings = ContainerSettings(image="/x.sif", threads=threads, slurm_args=slurm_args)
     argv = srun_launch(settings, "job", "/", {}).argv
-    tail = [*slurm_args, sys.executable, "-m", "container_kernel.node"]
+    tail = [*slurm_args, sys.executable, "-m", "container_kernel.placements.node"]
     assert argv[-len(tail) :] == tail  # theirs, as given, last
     assert argv[: -len(tail)] == [
         "srun", "--job-name", "job", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",

@@ -20,8 +20,8 @@ from kernels import run, running_kernel
 from test_cli import container_kernel, jupyter_folders
 from test_doctor import lines
 
-from container_kernel import kernel_check
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.images import kernel_check
 
 TAG = "ck-images/ipykernel:1"
 REGISTRY = str(Path(__file__).resolve().parent.parent / "scripts" / "registry")
@@ -273,7 +273,7 @@ def test_install_and_check_an_image_without_ipykernel(no_ipykernel_image, cache)
 
 
 def test_charliecloud_refuses_what_it_cannot_pull(cache):
-    from container_kernel.images import ImageCache, local_image
+    from container_kernel.images.cache import ImageCache, local_image
     from container_kernel.runtimes import find_runtime
 
     runtime = find_runtime("charliecloud")
@@ -284,7 +284,7 @@ def test_charliecloud_refuses_what_it_cannot_pull(cache):
 def _plant(shared: Path, reference: str, kind: str, image: Path, mode: int = 0o644) -> Path:
     """A record in `shared` that names `image` for `reference`, as another user could write
     one into a cache folder that everyone may write (1777)."""
-    from container_kernel.images import cache_key
+    from container_kernel.images.cache import cache_key
 
     record = shared / "refs" / kind / f"{cache_key(reference)}.json"
     record.parent.mkdir(parents=True, exist_ok=True)

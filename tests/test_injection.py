@@ -19,9 +19,15 @@ import pytest
 import traitlets
 from packaging.specifiers import SpecifierSet
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.injection import PROBE_SNIPPET, RECORD, Target, kernel_site, platform_tags
-from container_kernel.pip_failures import failure
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.images.injection import (
+    PROBE_SNIPPET,
+    RECORD,
+    Target,
+    kernel_site,
+    platform_tags,
+)
+from container_kernel.images.pip_failures import failure
 
 CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))

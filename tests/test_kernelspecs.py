@@ -8,7 +8,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
-from container_kernel.provisioner import ContainerProvisioner
+from container_kernel.faces.provisioner import ContainerProvisioner
 
 SPECS = Path(__file__).resolve().parent.parent / "kernelspecs"
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from container_kernel.environment import container_environment
-from container_kernel.errors import ContainerKernelError
-from container_kernel.launch import (
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.environment import container_environment
+from container_kernel.launch.plan import (
     NOTEBOOK_MOUNT,
     PRIVATE_MOUNT,
     build_request,
     check_image,
     workdir_mount,
 )
+from container_kernel.launch.sessions import Session
 from container_kernel.runtimes import Bind
-from container_kernel.sessions import Session
 from container_kernel.settings import ContainerSettings
 
 HOST = {
@@ -78,7 +78,7 @@ def test_the_working_directory_never_covers_the_fake_home_or_system_folders(cwd,
     assert workdir_mount(cwd, home) == expected
 
 
-def test_request_checks_binds_and_image(tmp_path):
+def test_request_checks_binds(tmp_path):
     image = tmp_path / "image"
     image.mkdir()
     (tmp_path / "sessions").mkdir()
@@ -86,7 +86,7 @@ def test_request_checks_binds_and_image(tmp_path):
     settings = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/data:ro"], gpu=True)
     request = build_request(
         settings, ["python3"], cwd=str(tmp_path), home=tmp_path / "h", host_env={},
-        session=session,
+        session=session, image=str(image),
     )  # fmt: skip
     assert Bind(str(tmp_path), "/data", read_only=True) in request.binds
     assert request.workdir == str(tmp_path)
@@ -95,14 +95,18 @@ def test_request_checks_binds_and_image(tmp_path):
     assert (request.tmp, request.var_tmp) == (str(session.tmp), str(session.var_tmp))
     assert request.private == Bind(str(session.tmp), "/tmp")
     shared = ContainerSettings(image=str(image), share_tmp=True)
-    request = build_request(shared, ["x"], cwd="/", home=None, host_env={}, session=session)
+    request = build_request(
+        shared, ["x"], cwd="/", home=None, host_env={}, session=session, image=str(image)
+    )
     assert request.tmp is None
     private = Bind(str(session.folder / "private"), PRIVATE_MOUNT, staging="private")
     assert request.private == private
     assert request.private in request.binds
     missing = ContainerSettings(image=str(image), binds=[f"{tmp_path}/nope:/data"])
     with pytest.raises(ContainerKernelError, match="Bind source does not exist"):
-        build_request(missing, ["python3"], cwd="/", home=None, host_env={}, session=session)
+        build_request(
+            missing, ["python3"], cwd="/", home=None, host_env={}, session=session, image=str(image)
+        )
 
 
 def test_check_image():
@@ -120,7 +124,11 @@ def test_a_bind_over_the_private_tmp_is_refused(tmp_path):
     session = Session.create(tmp_path / "sessions")
     settings = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/tmp"])
     with pytest.raises(ContainerKernelError, match=r"would cover the kernel's private /tmp"):
-        build_request(settings, ["x"], cwd="/", home=None, host_env={}, session=session)
+        build_request(
+            settings, ["x"], cwd="/", home=None, host_env={}, session=session, image=str(image)
+        )
     shared = ContainerSettings(image=str(image), binds=[f"{tmp_path}:/tmp"], share_tmp=True)
-    request = build_request(shared, ["x"], cwd="/", home=None, host_env={}, session=session)
+    request = build_request(
+        shared, ["x"], cwd="/", home=None, host_env={}, session=session, image=str(image)
+    )
     assert Bind(str(tmp_path), "/tmp") in request.binds

@@ -17,8 +17,8 @@ from jupyter_client import KernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from kernels import run
 
-from container_kernel.kernel import spec_argv
-from container_kernel.sessions import marked_processes, sessions_root
+from container_kernel.faces.spec_argv import spec_argv
+from container_kernel.launch.sessions import marked_processes, sessions_root
 
 pytestmark = pytest.mark.lifecycle
 
@@ -128,10 +128,10 @@ def test_with_the_provisioner_nothing_is_wrapped_twice(installed_spec, notebook_
         assert run(kc, "import sys; print(sys.executable)").strip() in IMAGE_PYTHON
         cmdlines = [
             Path(f"/proc/{pid}/cmdline").read_bytes()
-            for pid in marked_processes(km.provisioner._session.name)
+            for pid in marked_processes(km.provisioner._placement.session.name)
         ]
         assert cmdlines
-        assert not [c for c in cmdlines if b"container_kernel.launcher" in c]
+        assert not [c for c in cmdlines if b"container_kernel.faces.spec_argv" in c]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -21,14 +21,14 @@ import pytest
 from jupyter_client import AsyncKernelManager, KernelManager
 from kernels import run, running_kernel
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import marked_processes, sessions_root
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import marked_processes, sessions_root
 
 pytestmark = pytest.mark.lifecycle
 
 
 def the_session(km) -> str:
-    return km.provisioner._session.name
+    return km.provisioner._placement.session.name
 
 
 def alive(pid: int) -> bool:
@@ -116,7 +116,7 @@ CLIENT = textwrap.dedent(
         out = []
         execute(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")))
         daemon = int("".join(out).split()[0])
-        print(json.dumps({"session": km.provisioner._session.name, "daemon": daemon}), flush=True)
+        print(json.dumps({"session": km.provisioner._placement.session.name, "daemon": daemon}), flush=True)
         time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))  # (a standby comes meanwhile)
         if how == "raises":
             raise RuntimeError("the client's own error")
@@ -135,7 +135,7 @@ CLIENT = textwrap.dedent(
             await kc.execute_interactive(
                 code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", ""))
             )
-            started = {"session": km.provisioner._session.name, "daemon": int("".join(out))}
+            started = {"session": km.provisioner._placement.session.name, "daemon": int("".join(out))}
             print(json.dumps(started), flush=True)
             time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))
             os.kill(os.getpid(), signal.SIGKILL)

@@ -20,8 +20,10 @@ from IPython.testing import globalipapp
 from kernels import run, running_kernel
 from nbclient import NotebookClient
 
-from container_kernel import cells, load_ipython_extension, sessions
-from container_kernel.magics import ContainerCellError, ContainerMagics
+from container_kernel import load_ipython_extension
+from container_kernel.faces import cells
+from container_kernel.faces.magics import ContainerCellError, ContainerMagics
+from container_kernel.launch import sessions
 
 REPO = Path(__file__).resolve().parent.parent
 

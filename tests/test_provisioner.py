@@ -17,8 +17,8 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from kernels import KernelError, run, running_kernel
 from traitlets import TraitError
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import sessions_root
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import sessions_root
 
 
 def sessions_left() -> list[str]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 
-from container_kernel.kernel import KernelContainer
-from container_kernel.processes import exited as processes_exited
-from container_kernel.provisioner import ContainerProvisioner
-from container_kernel.sessions import Session
+from container_kernel.faces.provisioner import ContainerProvisioner
+from container_kernel.ground.processes import exited as processes_exited
+from container_kernel.launch.sessions import Session
+from container_kernel.placements.here import Here
 
 
 def alive(pid: int) -> bool:
@@ -60,8 +60,8 @@ def runtime_parent(tmp_path):
         kernel_id="k", kernel_spec=KernelSpec(argv=["python3"], language="python"), parent=None
     )
     provisioner.process, provisioner.pid, provisioner.pgid = proc, proc.pid, proc.pid
-    provisioner._container = KernelContainer(provisioner, "k")
-    provisioner._container.session = session
+    provisioner._placement = Here(provisioner, "k")
+    provisioner._placement.session = session
     yield provisioner, proc, child
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -86,7 +86,7 @@ async def test_other_signals_go_to_the_runtime_parent_only(runtime_parent):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_a_runtime_that_execs_the_kernel_gets_the_group_signalled(runtime_parent, signum):
     provisioner, _, child = runtime_parent
-    provisioner._container.forwards_signals = False  # as ch-run: nobody forwards to children
+    provisioner._placement.forwards_signals = False  # as ch-run: nobody forwards to children
     await provisioner.send_signal(signum)
     assert wait_dead(child)
 

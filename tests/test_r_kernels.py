@@ -13,7 +13,7 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from kernels import running_kernel
 
-from container_kernel import cli
+from container_kernel.faces import cli
 
 
 def run_r(kc: BlockingKernelClient, code: str, timeout: float = 60) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
 from container_kernel.runtimes import Bind, ExecRequest, find_runtime, parse_bind
 from container_kernel.runtimes.apptainer import ENV_FILE, Flavour, exec_command, parse_version
 

@@ -18,8 +18,8 @@ import pytest
 from jupyter_client import KernelManager
 from kernels import run, running_kernel
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import sessions_root
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import sessions_root
 
 pytestmark = pytest.mark.security
 
@@ -62,7 +62,7 @@ def test_no_kernel_finds_another_kernels_key_or_files(kernel_spec, notebook_dir,
 
 def test_private_files_are_ours_alone(kernel_spec, notebook_dir):
     with running_kernel(kernel_spec(home="temporary"), str(notebook_dir)) as (km, kc):
-        session = km.provisioner._session.folder
+        session = km.provisioner._placement.session.folder
         home = km.provisioner._temporary_home
         inside = run(kc, "import os; print(oct(os.stat('/tmp').st_mode & 0o777))")
         # ours, not what the kernel wrote in its home with its own umask
@@ -174,9 +174,9 @@ def test_hostile_values_arrive_byte_for_byte_and_never_run(
 
 
 def _pids_of_session(km) -> list[int]:
-    from container_kernel.sessions import marked_processes
+    from container_kernel.launch.sessions import marked_processes
 
-    return marked_processes(km.provisioner._session.name)
+    return marked_processes(km.provisioner._placement.session.name)
 
 
 @pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)

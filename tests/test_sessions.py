@@ -6,8 +6,8 @@ import os
 import socket
 import subprocess
 
-from container_kernel.homes import persistent_home_path
-from container_kernel.sessions import Session, marked_processes, sweep
+from container_kernel.launch.homes import persistent_home_path
+from container_kernel.launch.sessions import Session, marked_processes, sweep
 
 
 def test_sweep_ends_dead_owners_sessions_of_this_host_only(tmp_path):

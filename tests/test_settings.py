@@ -10,7 +10,7 @@ from jupyter_client import KernelManager
 from kernels import run, running_kernel
 from traitlets.config import Config
 
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
 from container_kernel.settings import ContainerSettings, site_config
 
 SITE = """

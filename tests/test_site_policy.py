@@ -18,8 +18,8 @@ import nbformat
 import pytest
 from kernels import run, running_kernel
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import marked_processes, sessions_root
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import marked_processes, sessions_root
 
 pytestmark = pytest.mark.security
 

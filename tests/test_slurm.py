@@ -23,7 +23,7 @@ from kernels import run, running_kernel
 from slurm_cluster import slurm_fixture  # noqa: F401
 
 from container_kernel import load_ipython_extension
-from container_kernel.errors import ContainerKernelError
+from container_kernel.ground.errors import ContainerKernelError
 
 pytestmark = pytest.mark.slurm
 

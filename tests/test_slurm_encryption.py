@@ -17,8 +17,8 @@ from jupyter_client import KernelManager
 from kernels import run, running_kernel
 from slurm_cluster import slurm_fixture  # noqa: F401
 
-from container_kernel import cli
-from container_kernel.errors import ContainerKernelError
+from container_kernel.faces import cli
+from container_kernel.ground.errors import ContainerKernelError
 
 pytestmark = [
     pytest.mark.slurm,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
+from container_kernel.placements import placement_for
+from container_kernel.placements.slurm import NODE_AGENT, Slurm
 from container_kernel.settings import ContainerSettings
-from container_kernel.slurm import SlurmKernel
 
 
 def test_srun_argv_and_environment_hold_no_secret(tmp_path):
@@ -19,7 +19,8 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
         image=str(image), launcher="slurm", slurm_args=["--partition=gpu", "--time=01:00:00"],
         pass_env=["OMP_*"], env={"A": "1"},
     )  # fmt: skip
-    kernel = SlurmKernel(settings, "my-spec", logging.getLogger("test"))
+    kernel = placement_for(settings, "my-spec")
+    assert isinstance(kernel, Slurm)
     host = {"PATH": "/usr/bin", "HOME": "/home/me", "USER": "me", "JUPYTERHUB_API_TOKEN": "tok",
             "JUPYTER_TOKEN": "tok", "OMP_NUM_THREADS": "4", "SPEC_VAR": "from spec",
             "JPY_PARENT_PID": "1", "SLURM_JOB_ID": "7", "JUPYTER_CONFIG_DIR": "/etc/j"}  # fmt: skip
@@ -32,7 +33,7 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
     )
     assert launch.argv == [
         "srun", "--job-name", kernel.job_name, "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1",
-        "--partition=gpu", "--time=01:00:00", sys.executable, "-m", "container_kernel.node",
+        "--partition=gpu", "--time=01:00:00", sys.executable, "-m", NODE_AGENT,
     ]  # fmt: skip
     assert kernel.job_name.startswith("container-kernel-")
     # what finds Python and the runtime; not the server's own job (SLURM_JOB_ID would make srun

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from kernels import run, running_kernel
 
-from container_kernel.errors import ContainerKernelError
-from container_kernel.sessions import marked_processes
-from container_kernel.standby import IMPORTED
+from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.launch.sessions import marked_processes
+from container_kernel.placements.standby import IMPORTED
 
 pytestmark = pytest.mark.lifecycle
 
@@ -37,7 +37,7 @@ def waiting_standby(km, timeout: float = 20):
     """The kernel's standby once its Python has imported ipykernel: its warm thread is gone and
     it has written what it imported (single-threaded alone may still be a shell that has not
     exec'd Python: Singularity 2.6 without an exec helper)."""
-    container = km.provisioner._container
+    container = km.provisioner._placement
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         standby = container.standby
@@ -118,9 +118,9 @@ def test_a_changed_kernel_spec_discards_the_standby(kernel_spec, jupyter_dirs, n
 
 def test_without_standby_no_second_container(kernel_spec, notebook_dir):
     with running_kernel(kernel_spec(standby=False), str(notebook_dir)) as (km, kc):
-        mark = km.provisioner._session.name
+        mark = km.provisioner._placement.session.name
         time.sleep(2)
-        assert km.provisioner._container.standby is None
+        assert km.provisioner._placement.standby is None
         assert {p for p in marked_processes(mark, variants=True) if alive(p)} == {
             p for p in marked_processes(mark) if alive(p)
         }
@@ -132,7 +132,7 @@ def test_without_standby_no_second_container(kernel_spec, notebook_dir):
 def test_shutdown_takes_the_standby_along(kernel_spec, notebook_dir):
     with running_kernel(kernel_spec(), str(notebook_dir)) as (km, _kc):
         _, _, pythons = waiting_standby(km)
-        mark = km.provisioner._session.name
+        mark = km.provisioner._placement.session.name
     deadline = time.monotonic() + 10
     while [p for p in marked_processes(mark, variants=True) if alive(p)] and (
         time.monotonic() < deadline
@@ -218,7 +218,7 @@ def test_an_image_updated_in_place_is_the_one_a_restart_runs(
 
 def test_restarts_leave_no_standby_folders_behind(kernel_spec, notebook_dir):
     with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
-        session = km.provisioner._session.folder
+        session = km.provisioner._placement.session.folder
         for _ in range(3):
             waiting_standby(km)
             km.restart_kernel(now=False)

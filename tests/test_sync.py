@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import LAUNCHER, container_kernel, installed, jupyter_folders
 
-from container_kernel.kernelspec import logo_files
+from container_kernel.faces.kernelspecs import logo_files
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_concurrent_syncs_wait_for_the_lock(site):
     fcntl.flock(lock, fcntl.LOCK_EX)  # as a running sync holds it
     waiting = [
         subprocess.Popen(
-            [sys.executable, "-m", "container_kernel.cli", "sync", str(images)],
+            [sys.executable, "-m", "container_kernel.faces.cli", "sync", str(images)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import ContainerKernelError
-from ..images import ImageCache, Progress
+from ..ground.errors import ContainerKernelError
+from ..images.cache import ImageCache, Progress
 from . import apptainer, charliecloud
 from .base import Bind, Command, ExecRequest, parse_bind, with_user
 

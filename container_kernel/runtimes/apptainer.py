@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ContainerKernelError
-from ..folders import private_folder
-from ..images import ImageCache, Progress, cache_key, readable_name, run_pull
+from ..ground.errors import ContainerKernelError
+from ..ground.folders import private_folder
+from ..images.cache import ImageCache, Progress, cache_key, readable_name, run_pull
 from .base import Command, ExecRequest, with_user
 
 PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")

@@ -7,7 +7,7 @@ import pwd
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import ContainerKernelError
+from ..ground.errors import ContainerKernelError
 
 BIND_FORMAT = "SRC[:DST[:ro|rw]] with absolute paths and no ',' or ':' inside a path"
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ContainerKernelError
-from ..images import ImageCache, Progress, cache_key, run_pull
+from ..ground.errors import ContainerKernelError
+from ..images.cache import ImageCache, Progress, cache_key, run_pull
 from .base import Bind, Command, ExecRequest, with_user
 
 EXECUTABLES = ("ch-run",)
