@@ -12,7 +12,7 @@ PHASE_ORDER = ("sigint", "request", "exit", "cleanup", "pre", "launch", "post", 
 HEADER = ["runtime", "measurement", "unit", "median", "min", "max", "ratio", "target",
           "phases (median ms) / notes"]  # fmt: skip
 
-# Targets (README.md says why).
+# Targets (benchmarks/README.md and docs/contributors.md say why).
 START_RATIO = 1.00  # ours / hand-written, kernel start
 STANDBY_RESTART_RATIO = 0.40  # standby restart / hand-written restart
 MAGIC_EXTRA_MS = 50.0  # %%container pass - exec IMAGE python3 -c pass

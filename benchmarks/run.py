@@ -1,4 +1,4 @@
-"""container-kernel's costs beside a hand-written kernel.json's, in one table (README.md here).
+"""container-kernel's costs beside a hand-written kernel.json's, in one table (see its README).
 
     .venv/bin/python benchmarks/run.py [-n 7] [--runtimes charliecloud,apptainer-sandbox,
         apptainer-sif] [--quick] [--markdown]

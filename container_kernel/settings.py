@@ -28,15 +28,32 @@ from traitlets import (
 from traitlets.config import Config, LoggingConfigurable
 
 from .ground.errors import ContainerKernelError
-from .images.cache import default_root
-from .launch.gpus import GPU_MODES, gpu_mode
+from .ground.folders import cache_root
 from .runtimes.base import parse_bind
+from .runtimes.names import SettingValues
 
 HOME_MODES = ("persistent", "temporary", "none")
-RUNTIMES = ("auto", "apptainer", "singularity", "charliecloud")
-LAUNCHERS = ("local", "slurm")
+RUNTIMES = SettingValues()  # auto, apptainer, singularity, charliecloud, then registered ones
+PLACEMENTS = ("local", "slurm")  # placements/__init__.py: one class each
+# Earlier names of settings, still read (kernel specs and site files written before).
+RENAMED = {"launcher": "placement"}
 ENCRYPTIONS = ("auto", "required", "off")
 INJECT_MODES = ("auto", "never", "always")
+# The `gpu` setting's values: no GPU, a vendor, or whatever the machine that runs it has.
+GPU_MODES = ("none", "nvidia", "amd", "auto")
+
+
+def gpu_mode(value: object) -> str:
+    """A `gpu` setting's value as one of GPU_MODES; the old booleans: true is nvidia."""
+    if isinstance(value, bool):
+        return "nvidia" if value else "none"
+    text = str(value).lower()
+    if text in ("true", "false"):  # the boolean on a command line (--ContainerSettings.gpu=true)
+        return "nvidia" if text == "true" else "none"
+    if text not in GPU_MODES:
+        msg = f"gpu must be one of {', '.join(GPU_MODES)} (or true/false), not {value!r}."
+        raise ValueError(msg)
+    return text
 
 
 class GpuMode(CaselessStrEnum):
@@ -61,13 +78,15 @@ class ContainerSettings(LoggingConfigurable):
         help="""The container image: a SIF file, a sandbox or Charliecloud directory, or a URI the
         runtime understands (docker://..., oras://...). Required; defaults to
         $CONTAINER_KERNEL_IMAGE.""",
-    )
+    ).tag(no_flag="the IMAGE argument of the CLI and %%container")
     runtime = CaselessStrEnum(
         RUNTIMES,
         default_value="auto",
         config=True,
-        help="""Which container runtime runs the image. 'auto' takes apptainer, then singularity,
-        then charliecloud (ch-run), whichever is found first on PATH.""",
+        help="""Which container runtime runs the image: apptainer, singularity, charliecloud
+        (ch-run), or one another package registers (docs/architecture.md). 'auto' takes
+        apptainer, then singularity, then charliecloud, then the registered ones, whichever is
+        found first on PATH.""",
     )
     runtime_path = Unicode(
         "",
@@ -96,8 +115,8 @@ class ContainerSettings(LoggingConfigurable):
     cleanenv = Bool(
         True,
         config=True,
-        help="""Start from a clean environment (--cleanenv). Turn off only if you really want every
-        host variable, tokens and PYTHONPATH included, inside the container.""",
+        help="""Start from a clean environment (the default): only what env, pass_env and the
+        kernel spec name goes in. Off lets every host variable in, tokens and PYTHONPATH too.""",
     )
     home = Unicode(
         "persistent",
@@ -128,7 +147,7 @@ class ContainerSettings(LoggingConfigurable):
         config=True,
         help="""Threads for the numerical libraries inside: sets OMP_NUM_THREADS, MKL_NUM_THREADS,
         OPENBLAS_NUM_THREADS and NUMEXPR_NUM_THREADS (a value in `env` or `pass_env` wins), and with
-        launcher 'slurm' asks for as many CPUs (srun --cpus-per-task; a -c/--cpus-per-task in
+        placement 'slurm' asks for as many CPUs (srun --cpus-per-task; a -c/--cpus-per-task in
         slurm_args wins). Unset by default.""",
     )
     runtime_args = List(
@@ -184,16 +203,17 @@ class ContainerSettings(LoggingConfigurable):
         help="""Keep the next container of a running kernel ready: started with the same launch,
         its Python imports ipykernel at the lowest CPU priority and waits, holding no key and
         running nothing, until a restart hands it the kernel's start (a restart then skips the
-        container's start and the imports). One idle process per kernel (its memory: see the
+        container's start and the imports). One idle process per kernel (its memory: the
         README's benchmark). Kernels started by the provisioner on this machine (not Slurm's).""",
     )
 
-    launcher = CaselessStrEnum(
-        LAUNCHERS,
+    placement = CaselessStrEnum(
+        PLACEMENTS,
         default_value="local",
         config=True,
         help="""Where the container runs: 'local' (on this machine) or 'slurm' (a Slurm job on a
-        compute node, started with srun and the options in slurm_args).""",
+        compute node, started with srun and the options in slurm_args). Its earlier name,
+        `launcher`, is still read.""",
     )
     slurm_args = List(
         Unicode(),
@@ -211,7 +231,7 @@ class ContainerSettings(LoggingConfigurable):
         ENCRYPTIONS,
         default_value="auto",
         config=True,
-        help="""CurveZMQ encryption of the channels of a kernel on another node (launcher slurm),
+        help="""CurveZMQ encryption of the channels of a kernel on another node (placement slurm),
         whose traffic crosses the cluster's network: 'auto' encrypts where the kernel spec declares
         it (metadata.supported_encryption, written by `container-kernel install` for an image
         whose ipykernel applies it, 7.x), 'required' also fails a start that cannot be encrypted,
@@ -224,7 +244,7 @@ class ContainerSettings(LoggingConfigurable):
         help="""Settings a site fixes in its Jupyter config: a kernel spec, a %%container option or
         a command-line flag that sets one of them otherwise is refused (e.g. ['cleanenv', 'home',
         'home_root', 'share_tmp']). Lists add up, so a locked list takes no additions either.""",
-    )
+    ).tag(no_flag="the site's alone: set in a Jupyter config file")
 
     def __init__(self, **kwargs: Any) -> None:
         """Settings from Jupyter config first, then the ones given here (a kernel spec's config,
@@ -232,6 +252,7 @@ class ContainerSettings(LoggingConfigurable):
         other values replace. Unknown names and changes to `locked` settings are refused.
         `site=False` leaves the site's config files out."""
         with_site = kwargs.pop("site", True)
+        kwargs = {RENAMED.get(name, name): value for name, value in kwargs.items()}
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in self._settings()}
         unknown = [
             name for name in kwargs if not (name in _FRAMEWORK_KWARGS or self.has_trait(name))
@@ -275,7 +296,7 @@ class ContainerSettings(LoggingConfigurable):
 
     @default("image_cache")
     def _default_image_cache(self) -> str:
-        return str(default_root())
+        return str(cache_root())
 
     @default("home_root")
     def _default_home_root(self) -> str:
@@ -311,6 +332,14 @@ def _unknown_message(name: str, known: set[str]) -> str:
     return f"Unknown container-kernel setting `{name}`{hint}"
 
 
+def _renamed(section: Config) -> Config:
+    """A config section with earlier setting names (and those in `locked`) as they are now."""
+    section = Config({RENAMED.get(name, name): value for name, value in section.items()})
+    if isinstance(section.get("locked"), list):
+        section.locked = [RENAMED.get(name, name) for name in section.locked]
+    return section
+
+
 SITE_FILES = ("container_kernel_config", "jupyter_config", "jupyter_server_config")
 _site_cache: dict[tuple, Any] = {}
 
@@ -342,8 +371,8 @@ def site_config():
                 msg = f"Cannot read {Path(folder, name)}: {type(err).__name__}: {err}"
                 raise ContainerKernelError(msg) from None
         merged = Config()
-        merged.ContainerSettings.merge(config.ContainerSettings)
-        merged.ContainerSettings.merge(config.ContainerProvisioner)
+        for section in (config.ContainerSettings, config.ContainerProvisioner):
+            merged.ContainerSettings.merge(_renamed(section))
         _site_cache.clear()
         _site_cache[key] = merged
     return copy.deepcopy(_site_cache[key])

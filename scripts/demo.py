@@ -19,7 +19,7 @@ from jupyter_core.paths import jupyter_data_dir
 from nbclient import NotebookClient
 
 from container_kernel.ground.errors import ContainerKernelError
-from container_kernel.runtimes import charliecloud, find_runtime
+from container_kernel.runtimes import find_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "container-demo"
@@ -38,7 +38,7 @@ def pick_runtime() -> str:
         runtime = find_runtime("auto")
     except ContainerKernelError as err:
         sys.exit(f"demo: {err}")
-    return "charliecloud" if runtime.backend is charliecloud else Path(runtime.executable).name
+    return "charliecloud" if runtime.name == "charliecloud" else Path(runtime.executable).name
 
 
 def install_spec(image: str, runtime: str) -> None:

@@ -36,6 +36,23 @@ def pytest_addoption(parser):
     )
 
 
+# A test that uses none of these needs no image, no runtime, no root and no service: it is in
+# the fast lane (`make check`, marker `fast`), run first by `make test`.
+NEEDS_MORE = frozenset({
+    "image", "ipykernel7_image", "no_ipykernel_image", "no_python_image", "r_image",
+    "squashfs_image", "apptainer_double", "runtime", "registry", "slurm", "cluster", "server",
+    "site", "chromium", "browser",
+})  # fmt: skip
+SLOW_MARKERS = ("slurm", "soak")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        slow = any(item.get_closest_marker(name) for name in SLOW_MARKERS)
+        if not slow and not NEEDS_MORE.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session")
 def soak_cycles(pytestconfig) -> int:
     cycles = pytestconfig.getoption("--soak-cycles")

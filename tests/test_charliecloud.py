@@ -7,8 +7,14 @@ import os
 import pytest
 
 from container_kernel.ground.errors import ContainerKernelError
-from container_kernel.runtimes.base import Bind, ExecRequest
-from container_kernel.runtimes.charliecloud import Flavour, exec_command, parse_version
+from container_kernel.images.cache import ImageCache
+from container_kernel.runtimes.base import Bind, ExecRequest, Fact
+from container_kernel.runtimes.charliecloud import (
+    Charliecloud,
+    Flavour,
+    exec_command,
+    parse_version,
+)
 
 FLAVOUR = Flavour((0, 31, 0))
 
@@ -187,3 +193,36 @@ def test_a_folder_with_a_colon_is_refused_naming_it(image, tmp_path):
     )  # fmt: skip
     with pytest.raises(ContainerKernelError, match=r"^ch-run cannot bind the notebook's folder /d"):
         exec_command("ch-run", FLAVOUR, request, {})
+
+
+def test_the_runtime_class_is_ch_run():
+    runtime = Charliecloud("/usr/bin/ch-run", FLAVOUR)
+    assert str(runtime) == "charliecloud 0.31.0 (/usr/bin/ch-run)"
+    assert (runtime.name, runtime.executables, runtime.cache_kind) == (
+        "charliecloud", ("ch-run",), "ch-image")  # fmt: skip
+    assert (runtime.forwards_signals, runtime.mounts_in_private_tmp) == (False, True)
+    assert Charliecloud.parse_version("0.31\n") == FLAVOUR
+
+
+def test_check_says_how_values_go_in_and_which_gpus_it_gives(image):
+    runtime = Charliecloud("ch-run", FLAVOUR)
+    values = Fact(True, "no-eval", "values go in from a file, with --env-no-expand")
+    assert runtime.doctor(str(image), None, "none") == [values, Fact(
+        True, "GPUs", "none (NVIDIA: an image prepared once with `ch-fromhost --nvidia IMAGE`)"
+    )]  # fmt: skip
+    (no_amd,) = [fact for fact in runtime.doctor(str(image), "amd", "amd") if not fact.ok]
+    assert no_amd.detail.startswith("ch-run cannot give AMD GPUs")
+    (unprepared,) = [fact for fact in runtime.doctor(str(image), "nvidia", "auto") if not fact.ok]
+    assert unprepared.detail.startswith(f"ch-run has no GPU flag and {image} lacks the host's")
+
+
+def test_clean_frees_unnamed_images_with_the_storage_locked(tmp_path):
+    storage = tmp_path / "ch-image" / "img"
+    named, old = storage / "ck-a-1", storage / "ck-a-0"
+    for folder in (named, old):
+        folder.mkdir(parents=True)
+    said = []
+    freed = Charliecloud.clean(ImageCache(tmp_path), {named}, lambda path: 7, said.append)
+    assert freed == 7
+    assert said == []  # nobody held the lock
+    assert (tmp_path / "locks" / "ch-image-storage.lock").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,8 +13,14 @@ from pathlib import Path
 import pytest
 
 from container_kernel.faces import cli
-from container_kernel.faces.cli_arguments import ARGUMENTS, settings_from_arguments
+from container_kernel.faces.cli_arguments import (
+    ARGUMENTS,
+    KERNEL_ARGUMENTS,
+    settings_from_arguments,
+    settings_reference,
+)
 from container_kernel.faces.kernelspecs import logo_files
+from container_kernel.settings import ContainerSettings
 
 GIVEN = ("runtime", "runtime_path", "binds", "env", "pass_env", "home", "home_root", "cleanenv",
          "gpu", "share_tmp", "runtime_args")  # fmt: skip
@@ -229,6 +236,26 @@ def test_image_without_python_is_refused_at_install(isolated, tmp_path, runtime)
     assert not (isolated / "user" / "kernels").exists()
 
 
+def test_every_setting_has_a_flag_on_every_face():
+    """Derived from the traits: a new setting without a flag (or a `no_flag` reason) fails."""
+    traits = ContainerSettings.class_traits(config=True)
+    flagged = {trait for _, trait, _ in [*ARGUMENTS, *KERNEL_ARGUMENTS]}
+    without = {name for name, trait in traits.items() if trait.metadata.get("no_flag")}
+    assert flagged | without == set(traits), f"no flag for {set(traits) - flagged - without}"
+    assert not flagged & without
+    for command in ("install", "sync", "check"):
+        parser = next(
+            action for action in cli.build_parser()._subparsers._group_actions[0].choices.values()
+            if action.prog.endswith(command)
+        )  # fmt: skip
+        dests = {action.dest for action in parser._actions}
+        assert flagged <= dests, f"{command} lacks {flagged - dests}"
+    for _, trait, keywords in [*ARGUMENTS, *KERNEL_ARGUMENTS]:  # one help: the trait's
+        if keywords["help"] != argparse.SUPPRESS and "--gpu none" not in keywords["help"]:
+            first = " ".join(traits[trait].help.split()).replace("%", "%%")[:60]
+            assert keywords["help"].startswith(first)
+
+
 def test_every_settings_flag_reaches_a_setting():
     for command in ("install", "sync", "check"):
         args = cli.build_parser().parse_args(
@@ -263,10 +290,20 @@ def test_help_reads_like_jupyter_kernelspec(command, flags):
     for flag in flags:
         assert flag in text
     if command and command[0] in ("install", "sync", "check"):  # every setting, as a flag
-        assert all(names[-1] in text for names, _, _ in ARGUMENTS)
+        shown = [names for names, _, kw in ARGUMENTS if kw["help"] != argparse.SUPPRESS]
+        assert all(names[-1] in text for names in shown)
 
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "container-kernel"
     assert subprocess.run([script, "--help"], capture_output=True, check=False).returncode == 0
     assert os.access(script, os.X_OK)
+
+
+def test_the_settings_reference_is_generated_from_the_traits():
+    """docs/settings.md is what the traits say (regenerate it: see its first lines)."""
+    reference = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+    assert reference.read_text() == settings_reference(), (
+        "docs/settings.md is stale: python -m container_kernel.faces.cli_arguments > "
+        "docs/settings.md"
+    )

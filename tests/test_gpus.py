@@ -445,7 +445,7 @@ def test_a_slurm_job_sees_only_its_own_gpu(cluster, kernel_spec, notebook_dir, i
     """node1's 2 fake GPUs: `--gres=gpu:1` gives the job one, and Slurm's CUDA_VISIBLE_DEVICES
     for it (not the server's fake "1,3"); without a GPU setting none of those goes in. The
     `threads` hint asks srun for as many CPUs (Slurm says so in SLURM_CPUS_PER_TASK)."""
-    name = kernel_spec("ck-slurm-gpu", image=str(image_for(gpu)), launcher="slurm", gpu=gpu,
+    name = kernel_spec("ck-slurm-gpu", image=str(image_for(gpu)), placement="slurm", gpu=gpu,
                        threads=2, slurm_args=["--partition=gpu", "--gres=gpu:1"],
                        pass_env=["SLURM_CPUS_PER_TASK"])  # fmt: skip
     with running_kernel(name, str(notebook_dir)) as (km, kc):

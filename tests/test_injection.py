@@ -24,10 +24,10 @@ from container_kernel.images.injection import (
     PROBE_SNIPPET,
     RECORD,
     Target,
+    failure,
     kernel_site,
     platform_tags,
 )
-from container_kernel.images.pip_failures import failure
 
 CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))

@@ -3,7 +3,7 @@
 As root, scripts/setup-hub (run here, like scripts/build-image for the image) gives the hub its
 proxy (configurable-http-proxy, from npm), the users' environment (Debian's python3 with
 jupyterhub, jupyterlab and this package) and a user, ck-hub. The hub runs from this Python with
-tests/hub/jupyterhub_config.py as it is (the site's file, which README's deployment guide shows)
+tests/hub/jupyterhub_config.py as it is (the site's file, which docs/admins.md shows)
 plus tests/hub/testing_config.py (free ports on 127.0.0.1, a password login, a temporary state
 folder). The user logs in through the login page, as a browser does, gets an API token, starts
 its server, installs a kernel spec with `container-kernel install`, and runs a kernel through

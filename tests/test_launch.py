@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from container_kernel.ground.errors import ContainerKernelError
+from container_kernel.images.resolve import check_image
 from container_kernel.launch.environment import container_environment
 from container_kernel.launch.plan import (
     NOTEBOOK_MOUNT,
     PRIVATE_MOUNT,
     build_request,
-    check_image,
     workdir_mount,
 )
 from container_kernel.launch.sessions import Session

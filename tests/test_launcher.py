@@ -17,7 +17,7 @@ from jupyter_client import KernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from kernels import run
 
-from container_kernel.faces.spec_argv import spec_argv
+from container_kernel.faces.kernelspecs import spec_argv
 from container_kernel.launch.sessions import marked_processes, sessions_root
 
 pytestmark = pytest.mark.lifecycle

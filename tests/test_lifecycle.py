@@ -116,7 +116,8 @@ CLIENT = textwrap.dedent(
         out = []
         execute(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")))
         daemon = int("".join(out).split()[0])
-        print(json.dumps({"session": km.provisioner._placement.session.name, "daemon": daemon}), flush=True)
+        session = km.provisioner._placement.session.name
+        print(json.dumps({"session": session, "daemon": daemon}), flush=True)
         time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))  # (a standby comes meanwhile)
         if how == "raises":
             raise RuntimeError("the client's own error")
@@ -135,7 +136,8 @@ CLIENT = textwrap.dedent(
             await kc.execute_interactive(
                 code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", ""))
             )
-            started = {"session": km.provisioner._placement.session.name, "daemon": int("".join(out))}
+            session = km.provisioner._placement.session.name
+            started = {"session": session, "daemon": int("".join(out))}
             print(json.dumps(started), flush=True)
             time.sleep(float(os.environ.get("CLIENT_WAIT", "0")))
             os.kill(os.getpid(), signal.SIGKILL)

@@ -248,12 +248,12 @@ def test_fake_home_persists_across_cells_temporary_does_not(ip, tmp_path, capsys
         ("-B relative/path IMG", "Malformed bind"),
         ("--env NOVALUE IMG", "--env takes NAME=VALUE"),
         ("--home elsewhere IMG", "home must be one of"),
-        ("--runtime docker IMG", "invalid choice"),
+        ("--runtime docker IMG", "expected any of ['auto', 'apptainer'"),
         ("/nonexistent/image.sif", "Image not found"),
         ("-i x IMG bash", "-i/-o work only"),
         ("IMG --env A=1 bash", "Options go before IMAGE and COMMAND"),
         ("--env 'A=1 IMG", "No closing quotation"),
-        ("--launcher slurm -o x IMG", "-o needs the cell's folder back"),
+        ("--placement slurm -o x IMG", "-o needs the cell's folder back"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(shell, image, line, message):

@@ -1,16 +1,42 @@
-"""The exact argv and environment for each runtime flavour: pure functions, pinned."""
+"""The exact argv and environment for each runtime flavour: pure functions, pinned; and the
+runtime contract (base.Runtime) and its registry."""
 
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
 
 import pytest
+from traitlets import TraitError
 
 from container_kernel.ground.errors import ContainerKernelError
-from container_kernel.runtimes import Bind, ExecRequest, find_runtime, parse_bind
-from container_kernel.runtimes.apptainer import ENV_FILE, Flavour, exec_command, parse_version
+from container_kernel.images.cache import ImageCache, local_image
+from container_kernel.runtimes import (
+    Bind,
+    Command,
+    ExecRequest,
+    Fact,
+    Runtime,
+    find_runtime,
+    names,
+    parse_bind,
+    runtime_class,
+)
+from container_kernel.runtimes.apptainer import (
+    ENV_FILE,
+    Apptainer,
+    Flavour,
+    Singularity,
+    exec_command,
+    parse_version,
+    pull_env,
+)
+from container_kernel.runtimes.names import BUILT_IN, GROUP, SettingValues
+from container_kernel.settings import ContainerSettings
 
 REQUEST = ExecRequest(
     image="/images/stack.sif",
@@ -169,5 +195,156 @@ def test_runtime_path_and_missing_runtime(tmp_path, monkeypatch):
     legacy = _fake_runtime(tmp_path / ".." / tmp_path.name, "singularity-2.6", "2.6.1-dist")
     runtime = find_runtime("singularity", str(legacy))
     assert runtime.flavour == Flavour("singularity", (2, 6, 1))
+    assert type(runtime) is Singularity  # Apptainer's backend under the setting's name
+    assert (runtime.name, runtime.cache_kind, runtime.forwards_signals) == ("singularity", "sif",
+                                                                            False)  # fmt: skip
+    assert type(find_runtime("auto", str(legacy))) is Apptainer  # a renamed one, most likely
     with pytest.raises(ContainerKernelError, match="not an executable"):
         find_runtime("apptainer", os.fspath(tmp_path / "nope"))
+
+
+def test_the_version_is_asked_once_per_binary(tmp_path, monkeypatch):
+    asked = tmp_path / "asked"
+    path = _fake_runtime(tmp_path, "apptainer", "apptainer version 1.3.4")
+    path.write_text(f"#!/bin/sh\necho >> {asked}\necho 'apptainer version 1.3.4'\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_runtime() == find_runtime("apptainer") == Apptainer(str(path), Flavour(
+        "apptainer", (1, 3, 4)))  # fmt: skip
+    assert len(asked.read_text()) == 1
+    later = path.stat().st_mtime_ns + 10**9  # the binary changed (an upgrade): asked again
+    os.utime(path, ns=(later, later))
+    find_runtime()
+    assert len(asked.read_text()) == 2
+
+
+def test_the_built_in_runtimes_are_registered_by_entry_point():
+    declared = {entry.name: entry.value for entry in entry_points(group=GROUP)}
+    assert {name: declared.get(name) for name in BUILT_IN} == BUILT_IN  # pyproject.toml's
+    assert names()[:3] == ("apptainer", "singularity", "charliecloud")
+    assert [runtime_class(name).name for name in BUILT_IN] == list(BUILT_IN)
+
+
+def test_an_unknown_runtime_is_one_line_naming_the_installed_ones():
+    with pytest.raises(ContainerKernelError) as raised:
+        find_runtime("podman", "/bin/sh")
+    assert str(raised.value).startswith(
+        "Unknown runtime 'podman': installed runtimes are apptainer, singularity, charliecloud"
+    )
+    assert "\n" not in str(raised.value)
+
+
+def test_the_setting_takes_the_registered_names_in_any_case():
+    assert list(SettingValues())[:4] == ["auto", "apptainer", "singularity", "charliecloud"]
+    assert "charliecloud" in SettingValues()
+    assert "podman" not in SettingValues()
+    assert ContainerSettings(runtime="Apptainer", site=False).runtime == "apptainer"
+    with pytest.raises(TraitError, match=r"expected any of \['auto', 'apptainer', "):
+        ContainerSettings(runtime="podman", site=False)
+
+
+class Echo(Runtime):
+    """The least a runtime is: the abstract members, nothing else."""
+
+    name = "echo"
+    executables = ("echo-runtime",)
+
+    @classmethod
+    def parse_version(cls, text: str) -> str:
+        return text.strip()
+
+    def exec_command(self, request, host_env) -> Command:
+        return Command([self.executable, request.image, *request.command], dict(host_env))
+
+    @property
+    def forwards_signals(self) -> bool:
+        return False
+
+    @property
+    def mounts_in_private_tmp(self) -> bool:
+        return True
+
+
+def test_a_runtime_is_its_abstract_members_the_rest_has_defaults(tmp_path):
+    with pytest.raises(TypeError, match="abstract"):
+        Runtime("/bin/true", "x")  # type: ignore[abstract]
+    echo = Echo.detect(str(_fake_runtime(tmp_path, "echo-runtime", "echo 1.0")))
+    assert str(echo) == f"echo 1.0 ({tmp_path}/echo-runtime)"
+    assert echo.exec_command(ExecRequest("img", ["true"]), {"A": "1"}) == Command(
+        [f"{tmp_path}/echo-runtime", "img", "true"], {"A": "1"})  # fmt: skip
+    assert echo.doctor("img", None, "none") == []
+    assert Echo.clean(ImageCache(tmp_path), set(), lambda path: 1, print) == 0
+    cache = ImageCache(tmp_path / "cache")
+    with pytest.raises(ContainerKernelError, match=r"^echo cannot pull registry images \(docker"):
+        local_image("docker://host/x:1", echo, cache)
+    assert not cache.root.exists()
+
+
+def test_apptainer_keeps_its_pull_cache_and_temporary_files_in_the_store(tmp_path):
+    cache, tmp = f"{tmp_path}/apptainer", f"{tmp_path}/tmp"
+    assert pull_env(tmp_path) == {"APPTAINER_CACHEDIR": cache, "SINGULARITY_CACHEDIR": cache,
+                                  "APPTAINER_TMPDIR": tmp, "SINGULARITY_TMPDIR": tmp}  # fmt: skip
+    for folder in ("apptainer", "tmp"):
+        assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o700
+    assert Apptainer.cache_folders == ("apptainer", "tmp")
+
+
+def test_apptainer_cleans_what_no_record_names_but_a_pull_under_way(tmp_path):
+    sif = tmp_path / "sif"
+    sif.mkdir()
+    named, old, ours, dead, fresh = (sif / name for name in (
+        "a-1.sif", "a-0.sif", f".b.sif.{os.getpid()}.partial", ".c.sif.999999999.partial",
+        "tmp-copy-1",
+    ))  # fmt: skip
+    for path in (named, old, ours, dead, fresh):
+        path.write_text("x")
+    removed = []
+    freed = Apptainer.clean(ImageCache(tmp_path), {named}, lambda p: removed.append(p) or 5, print)
+    assert (sorted(removed), freed) == (sorted([old, dead]), 10)
+    stale = time.time() - 7200  # the runtime's own temporary files: after an hour
+    os.utime(fresh, (stale, stale))
+    assert Apptainer.clean(ImageCache(tmp_path), {named}, lambda p: 1, print) == 3
+
+
+@pytest.mark.parametrize(
+    ("flavour", "no_eval"),
+    [
+        (Flavour("apptainer", (1, 4, 5)), "yes, values go in literally (--no-eval)"),
+        (Flavour("singularity", (2, 6, 1)),
+         "not in singularity 2.6.1: values go in from a file /bin/sh reads inside"),
+    ],
+)  # fmt: skip
+def test_apptainer_tells_check_how_values_go_in(flavour, no_eval):
+    assert Apptainer("apptainer", flavour).doctor("x.sif", "nvidia", "auto") == [
+        Fact(True, "no-eval", no_eval),
+        Fact(True, "GPUs", "auto (NVIDIA with --nv, AMD with --rocm, auto: this machine's)"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("import no_such_module", r"^Cannot load the runtime 'odd' \(ck_odd:Odd\): "
+                                  r"ModuleNotFoundError: No module named 'no_such_module'$"),
+        ("Odd = dict", r"^The runtime 'odd' \(ck_odd:Odd\) is not a container_kernel Runtime "),
+        ("from container_kernel.runtimes.charliecloud import Charliecloud as Odd",
+         r"^The runtime 'odd' \(ck_odd:Odd\) calls itself 'charliecloud': set its `name`.$"),
+    ],
+    ids=["import-error", "not-a-runtime", "misnamed"],
+)  # fmt: skip
+def test_a_registered_runtime_that_cannot_be_used_says_why_in_one_line(
+    tmp_path, monkeypatch, code, error
+):
+    """Another package's runtime is loaded when named (listing names loads nothing)."""
+    (tmp_path / "ck_odd.py").write_text(code + "\n")
+    info = tmp_path / "ck_odd-1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ck-odd\nVersion: 1\n")
+    (info / "entry_points.txt").write_text(f"[{GROUP}]\nodd = ck_odd:Odd\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert names()[-1] == "odd"
+    assert "odd" in SettingValues()
+    try:
+        with pytest.raises(ContainerKernelError, match=error):
+            find_runtime("odd")
+    finally:
+        sys.modules.pop("ck_odd", None)  # (each case writes a module of that name)

@@ -77,6 +77,16 @@ def test_a_site_can_lock_settings(site):
         ContainerSettings(config=config, locked=[])
 
 
+def test_the_earlier_name_launcher_is_still_read(site):
+    """Kernel specs, site files and `locked` lists written before `placement` had its name."""
+    assert ContainerSettings(launcher="slurm").placement == "slurm"
+    site('c.ContainerSettings.launcher = "slurm"\nc.ContainerSettings.locked = ["launcher"]\n')
+    config = site_config()
+    assert ContainerSettings(config=config).placement == "slurm"
+    with pytest.raises(ContainerKernelError, match=r"^The site fixes `placement`"):
+        ContainerSettings(config=config, launcher="local")
+
+
 @pytest.mark.parametrize(
     ("key", "hint"),
     [("bind", "did you mean `binds`?"), ("mounts", "known: binds, cleanenv")],

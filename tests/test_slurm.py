@@ -52,7 +52,7 @@ def wait_no_jobs(timeout: float = 30) -> list[str]:
 
 @pytest.mark.parametrize("runtime", ["charliecloud", "apptainer"], indirect=True)
 def test_a_kernel_on_the_compute_node(cluster, kernel_spec, notebook_dir, runtime):
-    name = kernel_spec("ck-slurm", launcher="slurm", env={"WHERE": "node"}, pass_env=["SLURM_*"])
+    name = kernel_spec("ck-slurm", placement="slurm", env={"WHERE": "node"}, pass_env=["SLURM_*"])
     with running_kernel(name, str(notebook_dir)) as (km, kc):
         assert km.ip == cluster  # the node's address, not ours
         out = run(kc, "import os, sys, json; print(json.dumps([sys.executable, "
@@ -96,7 +96,7 @@ def test_a_kernel_on_the_compute_node(cluster, kernel_spec, notebook_dir, runtim
 async def test_a_kernel_killed_in_its_job_is_seen_dead_and_restarted(
     cluster, kernel_spec, notebook_dir
 ):
-    km = AsyncIOLoopKernelManager(kernel_name=kernel_spec("ck-slurm", launcher="slurm"))
+    km = AsyncIOLoopKernelManager(kernel_name=kernel_spec("ck-slurm", placement="slurm"))
     await km.start_kernel(cwd=str(notebook_dir))
     restarted = asyncio.Event()
     km.add_restart_callback(restarted.set, "restart")
@@ -129,7 +129,7 @@ SERVER = textwrap.dedent(
 
 @pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)
 def test_a_sigkilled_server_leaves_no_job(cluster, kernel_spec, notebook_dir):
-    name = kernel_spec("ck-slurm", launcher="slurm")
+    name = kernel_spec("ck-slurm", placement="slurm")
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, name, str(notebook_dir)], stdout=subprocess.PIPE, text=True
     )
@@ -157,7 +157,7 @@ def test_a_job_kept_waiting_fails_naming_the_reason_and_is_cancelled(
         deadline = time.monotonic() + 20
         while "RUNNING" not in _state_of("blocker") and time.monotonic() < deadline:
             time.sleep(0.3)
-        name = kernel_spec("ck-slurm", launcher="slurm", slurm_start_timeout=5.0)
+        name = kernel_spec("ck-slurm", placement="slurm", slurm_start_timeout=5.0)
         km = KernelManager(kernel_name=name)
         started = time.monotonic()
         with pytest.raises(ContainerKernelError, match=r"^Slurm kept the job waiting \(Resources"):
@@ -177,7 +177,7 @@ def _state_of(job_name: str) -> str:
 
 @pytest.mark.parametrize("runtime", ["charliecloud"], indirect=True)
 def test_options_slurm_refuses_fail_at_once_with_its_message(cluster, kernel_spec, notebook_dir):
-    name = kernel_spec("ck-slurm", launcher="slurm", slurm_args=["--partition=nosuch"])
+    name = kernel_spec("ck-slurm", placement="slurm", slurm_args=["--partition=nosuch"])
     km = KernelManager(kernel_name=name)
     started = time.monotonic()
     with pytest.raises(ContainerKernelError, match=r"(?i)invalid partition"):
@@ -193,7 +193,7 @@ def test_a_cell_as_a_job_on_the_compute_node(cluster, image, runtime, notebook_d
     before = list(ip.configurables)
     load_ipython_extension(ip)
     (magics,) = [c for c in ip.configurables if c not in before]
-    line = f"--launcher slurm --runtime {runtime} --pass-env 'SLURM_*' {image}"
+    line = f"--placement slurm --runtime {runtime} --pass-env 'SLURM_*' {image}"
     try:
         ip.user_ns["table"] = {"rows": 3}
         ip.run_cell(
@@ -230,7 +230,7 @@ def test_a_registry_image_is_pulled_where_the_server_runs(  # noqa: PLR0917
     pushed = registry.push(image, "ck-images/ipykernel:1")
     cache = tmp_path / "image-cache"
     name = kernel_spec(
-        "ck-slurm-registry", launcher="slurm", image=pushed, image_cache=str(cache),
+        "ck-slurm-registry", placement="slurm", image=pushed, image_cache=str(cache),
         pass_env=["SLURM_*"],
     )  # fmt: skip
     mark = registry.mark()

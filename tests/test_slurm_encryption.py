@@ -71,7 +71,7 @@ def cluster(slurm, runtime, jupyter_dirs, monkeypatch) -> str:
 
 def install(image: Path, name: str, capsys, *flags: str) -> tuple[dict, str]:
     """`container-kernel install` as a user runs it: the spec it wrote, and what it printed."""
-    argv = ["install", "--name", name, "--runtime", "charliecloud", "--launcher", "slurm"]
+    argv = ["install", "--name", name, "--runtime", "charliecloud", "--placement", "slurm"]
     assert cli.main([*argv, *flags, str(image)]) == 0
     printed = capsys.readouterr().out
     spec_file = Path(os.environ["JUPYTER_DATA_DIR"], "kernels", name, "kernel.json")

@@ -16,7 +16,7 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
     connection = tmp_path / "kernel-1.json"
     connection.write_text(json.dumps({"key": "the-key", "transport": "tcp", "shell_port": 5}))
     settings = ContainerSettings(
-        image=str(image), launcher="slurm", slurm_args=["--partition=gpu", "--time=01:00:00"],
+        image=str(image), placement="slurm", slurm_args=["--partition=gpu", "--time=01:00:00"],
         pass_env=["OMP_*"], env={"A": "1"},
     )  # fmt: skip
     kernel = placement_for(settings, "my-spec")
@@ -48,4 +48,4 @@ def test_srun_argv_and_environment_hold_no_secret(tmp_path):
     assert request["connection"]["key"] == "the-key"  # on srun's stdin only
     assert request["named_values"] == {"SPEC_VAR": "from spec"}
     assert request["settings"]["slurm_args"] == ["--partition=gpu", "--time=01:00:00"]
-    assert "launcher" not in request["settings"]
+    assert "placement" not in request["settings"]

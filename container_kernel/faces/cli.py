@@ -11,8 +11,8 @@ from pathlib import Path
 from traitlets import TraitError
 
 from ..ground.errors import ContainerKernelError
+from ..images.resolve import check_image
 from ..launch.homes import persistent_home_path
-from ..launch.plan import check_image
 from ..settings import ContainerSettings
 from . import cli_cache as cache_commands
 from . import doctor

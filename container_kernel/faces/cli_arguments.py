@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..ground.errors import ContainerKernelError
-from ..launch.gpus import GPU_MODES
-from ..settings import ENCRYPTIONS, INJECT_MODES, LAUNCHERS, RUNTIMES
+from ..settings import ENCRYPTIONS, GPU_MODES, INJECT_MODES, PLACEMENTS, ContainerSettings
 
 
 def _gpu_value(text: str) -> str:
@@ -20,71 +19,57 @@ def _gpu_value(text: str) -> str:
     return text.lower()
 
 
-# Command-line spelling of the settings, shared by the CLI and the %%container magic:
-# (flags, trait, argparse keywords with a help that fits every face).
+def _help(trait: str, also: str = "") -> str:
+    """A flag's help: its setting's (one source for the trait, the flag and docs/settings.md),
+    with what only the flag has."""
+    text = " ".join(ContainerSettings.class_traits()[trait].help.split())
+    return f"{text} {also}".strip().replace("%", "%%")  # (argparse formats help with %)
+
+
+def _flag(flags: tuple[str, ...], trait: str, also: str = "", **keywords) -> tuple:
+    return flags, trait, {**keywords, "help": _help(trait, also)}
+
+
+# Command-line spelling of the settings, shared by the CLI and the %%container magic: (flags,
+# trait, argparse keywords). Every setting has one, but those its trait says have none (no_flag).
 ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
-    (("--runtime",), "runtime", {"choices": RUNTIMES, "help": (
-        "Container runtime: auto (apptainer, then singularity, then ch-run), apptainer, "
-        "singularity or charliecloud.")}),
-    (("--runtime-path",), "runtime_path", {"metavar": "PATH", "help": (
-        "The runtime executable, when it is not on PATH.")}),
-    (("-B", "--bind"), "binds", {"action": "append", "metavar": "SRC[:DST[:ro|rw]]", "help": (
-        "Bind a host path into the container (repeatable). The working folder is bound already.")}),
-    (("--env",), "env", {"action": "append", "metavar": "NAME=VALUE", "help": (
-        "Set a variable inside, literally, never shell-evaluated (repeatable).")}),
-    (("--pass-env",), "pass_env", {"action": "append", "metavar": "PATTERN", "help": (
-        "Let in host variables whose names match PATTERN, e.g. 'OMP_*' (repeatable). Nothing "
-        "else from the host enters.")}),
-    (("--home",), "home", {"metavar": "persistent|temporary|none|PATH", "help": (
-        "The home inside, never the real one: persistent (a folder of its own, kept), temporary "
-        "(fresh, then removed), none, or a host folder.")}),
-    (("--home-root",), "home_root", {"metavar": "DIR", "help": (
-        "Where persistent fake homes live.")}),
-    (("--cleanenv",), "cleanenv", {"action": argparse.BooleanOptionalAction, "help": (
-        "Start from a clean environment (the default); --no-cleanenv lets the whole host "
-        "environment in, tokens included.")}),
-    (("--gpu",), "gpu", {"nargs": "?", "const": "nvidia", "type": _gpu_value,
-        "metavar": "none|nvidia|amd|auto", "help": (
-        "GPUs inside: nvidia (bare --gpu: --nv; ch-run: an image prepared with `ch-fromhost "
-        "--nvidia IMAGE`), amd (--rocm), auto (what the machine running it has) or none; "
-        "the variables saying which GPUs were allocated (CUDA_VISIBLE_DEVICES, "
-        "ROCR_VISIBLE_DEVICES, SLURM_*GPU*...) go in with them.")}),
-    (("--no-gpu",), "gpu", {"action": "store_const", "const": "none", "help": (
-        "No GPUs inside (the default): the same as --gpu none.")}),
-    (("--threads",), "threads", {"type": int, "metavar": "N", "help": (
-        "Threads for numerical libraries inside (OMP_NUM_THREADS, MKL_NUM_THREADS, "
-        "OPENBLAS_NUM_THREADS, NUMEXPR_NUM_THREADS; --env wins), and with --launcher slurm "
-        "as many CPUs (--cpus-per-task, unless a --slurm-arg gives -c/--cpus-per-task).")}),
-    (("--share-tmp",), "share_tmp", {"action": argparse.BooleanOptionalAction, "help": (
-        "Share the host's /tmp with the container; by default it gets a private /tmp of its "
-        "own.")}),
-    (("--launcher",), "launcher", {"choices": LAUNCHERS, "help": (
-        "Where the container runs: local, or slurm (a job on a compute node, via srun).")}),
-    (("--slurm-arg",), "slurm_args", {"action": "append", "metavar": "ARG", "help": (
-        "An srun option for the Slurm job (repeatable; --slurm-arg=--partition=gpu).")}),
-    (("--slurm-start-timeout",), "slurm_start_timeout", {"type": float, "metavar": "SECONDS",
-        "help": "Seconds a Slurm job may wait in the queue before the start fails."}),
-    (("--image-cache",), "image_cache", {"metavar": "DIR", "help": (
-        "Where registry images (docker://...) are pulled once, and kept (default: "
-        "~/.cache/container-kernel).")}),
-    (("--pull-arg",), "pull_args", {"action": "append", "metavar": "ARG", "help": (
-        "An extra argument for the runtime's pull (repeatable; --pull-arg=--no-https).")}),
-    (("--runtime-arg",), "runtime_args", {"action": "append", "metavar": "ARG", "help": (
-        "An extra argument for the runtime's exec, before the image (repeatable; "
-        "--runtime-arg=--rocm).")}),
+    _flag(("--runtime",), "runtime", metavar="NAME"),
+    _flag(("--runtime-path",), "runtime_path", metavar="PATH"),
+    _flag(("-B", "--bind"), "binds", action="append", metavar="SRC[:DST[:ro|rw]]",
+          also="(Repeatable.)"),
+    _flag(("--env",), "env", action="append", metavar="NAME=VALUE", also="(Repeatable.)"),
+    _flag(("--pass-env",), "pass_env", action="append", metavar="PATTERN",
+          also="(Repeatable.)"),
+    _flag(("--home",), "home", metavar="persistent|temporary|none|PATH"),
+    _flag(("--home-root",), "home_root", metavar="DIR"),
+    _flag(("--cleanenv",), "cleanenv", action=argparse.BooleanOptionalAction),
+    _flag(("--gpu",), "gpu", nargs="?", const="nvidia", type=_gpu_value,
+          metavar="none|nvidia|amd|auto", also="A bare --gpu means nvidia."),
+    (("--no-gpu",), "gpu", {"action": "store_const", "const": "none",
+                            "help": "No GPUs inside (the default): the same as --gpu none."}),
+    _flag(("--threads",), "threads", type=int, metavar="N"),
+    _flag(("--share-tmp",), "share_tmp", action=argparse.BooleanOptionalAction),
+    _flag(("--placement",), "placement", choices=PLACEMENTS),
+    (("--launcher",), "placement", {"choices": PLACEMENTS, "help": argparse.SUPPRESS}),
+    _flag(("--slurm-arg",), "slurm_args", action="append", metavar="ARG",
+          also="(Repeatable; --slurm-arg=--partition=gpu.)"),
+    _flag(("--slurm-start-timeout",), "slurm_start_timeout", type=float, metavar="SECONDS"),
+    _flag(("--image-cache",), "image_cache", metavar="DIR"),
+    _flag(("--image-cache-shared",), "image_cache_shared", action="append", metavar="DIR",
+          also="(Repeatable.)"),
+    _flag(("--pull-arg",), "pull_args", action="append", metavar="ARG",
+          also="(Repeatable; --pull-arg=--no-https.)"),
+    _flag(("--runtime-arg",), "runtime_args", action="append", metavar="ARG",
+          also="(Repeatable; --runtime-arg=--rocm.)"),
 ]  # fmt: skip
 
 
 # What only a kernel has (the CLI's spec commands; a %%container cell has no channels).
 KERNEL_ARGUMENTS: list[tuple[tuple[str, ...], str, dict]] = [
-    (("--encryption",), "encryption", {"choices": ENCRYPTIONS, "help": (
-        "CurveZMQ encryption of a kernel on another node's channels: auto (where the image's "
-        "ipykernel applies it), required (else the start fails), off.")}),
-    (("--inject-kernel",), "inject_kernel", {"choices": INJECT_MODES, "help": (
-        "Provide ipykernel from the host, without changing the image: auto (when the image's "
-        "python lacks it), always, never.")}),
-    (("--inject-wheels",), "inject_wheels", {"metavar": "DIR", "help": (
-        "Take the provided ipykernel's wheels from DIR, not the package index (offline).")}),
+    _flag(("--encryption",), "encryption", choices=ENCRYPTIONS),
+    _flag(("--inject-kernel",), "inject_kernel", choices=INJECT_MODES),
+    _flag(("--inject-wheels",), "inject_wheels", metavar="DIR"),
+    _flag(("--standby",), "standby", action=argparse.BooleanOptionalAction),
 ]  # fmt: skip
 
 
@@ -99,7 +84,7 @@ def add_settings_arguments(add_argument, kernel: bool = False, only=None) -> Non
 def settings_from_arguments(namespace) -> dict:
     """The settings given on a command line (flags left out are absent, not defaults)."""
     values = {}
-    for _, trait, _ in [*ARGUMENTS, *KERNEL_ARGUMENTS]:
+    for trait in dict.fromkeys(trait for _, trait, _ in [*ARGUMENTS, *KERNEL_ARGUMENTS]):
         value = getattr(namespace, trait, None)
         if value is None:
             continue
@@ -115,3 +100,46 @@ def _name_value(item: str) -> tuple[str, str]:
         msg = f"--env takes NAME=VALUE, not {item!r}."
         raise ContainerKernelError(msg)
     return name, value
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every setting with its values, default, flag and help, from the
+    traits (`python -m container_kernel.faces.cli_arguments > docs/settings.md`; a test keeps
+    the file equal to this)."""
+    flags: dict[str, list[str]] = {}
+    for names, trait, keywords in [*ARGUMENTS, *KERNEL_ARGUMENTS]:
+        if keywords["help"] != argparse.SUPPRESS:
+            negated = keywords.get("action") is argparse.BooleanOptionalAction
+            spelled = [*names, *(f"--no-{name[2:]}" for name in names if negated)]
+            flags.setdefault(trait, []).extend(spelled)
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from the traits: python -m container_kernel.faces.cli_arguments -->",
+        "",
+        "Every face reads the same settings: a kernel spec's `metadata.kernel_provisioner.config`,",
+        "the site's Jupyter config files (`c.ContainerSettings.NAME = ...`), `%config",
+        "ContainerMagics.NAME`, and the flags of `container-kernel` and `%%container`.",
+        "",
+    ]
+    for name, trait in sorted(ContainerSettings.class_traits(config=True).items()):
+        help_text = " ".join(trait.help.split())
+        values = getattr(trait, "values", None)
+        kind = (
+            f"one of {', '.join(f'`{v}`' for v in values)}"
+            if values
+            else _KINDS.get(type(trait).__name__, type(trait).__name__)
+        )
+        default = "" if "default" in help_text.lower() else f", default `{trait.default()!r}`"
+        where = ", ".join(f"`{flag}`" for flag in flags.get(name, ()))
+        where = f"flag {where}" if where else f"no flag: {trait.metadata['no_flag']}"
+        lines += [f"## `{name}`", "", f"{kind}{default}; {where}.", "", help_text, ""]
+    return "\n".join(lines)
+
+
+_KINDS = {"Unicode": "text", "List": "list of text", "Dict": "name-value pairs", "Bool": "true or "
+          "false", "Int": "integer", "Float": "number"}  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(settings_reference(), end="")

@@ -8,21 +8,22 @@ the site's Jupyter config, then the flags.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from ..images import cache as images
-from ..launch.plan import local_image
-from ..runtimes import find_runtime
+from ..images.resolve import local_image
+from ..runtimes.base import Runtime
+from ..runtimes.registry import find_runtime, runtime_classes
 from ..settings import ContainerSettings
 from .cli_arguments import settings_from_arguments
 
-# What `cache clean --all` empties besides the images: the runtimes' caches and temporary
-# files, the ipykernel installed for images without one, the image checks.
-OTHER_FOLDERS = ("apptainer", "tmp", "kernels", "checks")
+# What `cache clean --all` empties besides the images and the runtimes' own caches and
+# temporary files (their `cache_folders`): the ipykernel installed for images without one, the
+# image checks.
+OTHER_FOLDERS = ("kernels", "checks")
 # The settings these commands take on the command line (the site's config gives the rest).
 CACHE_SETTINGS = frozenset({"runtime", "runtime_path", "image_cache", "pull_args"})
 
@@ -80,7 +81,7 @@ def _list(cache: images.ImageCache) -> int:
         shared = "" if entry.writable else " (shared, read-only)"
         print(f"{entry.reference}  {_size(entry.size())}  {entry.kind}  pulled "
               f"{_when(entry.pulled)}  {entry.path}{shared}")  # fmt: skip
-    for name in OTHER_FOLDERS:
+    for name in (*_runtime_folders(), *OTHER_FOLDERS):
         folder = cache.root / name
         if folder.is_dir() and (size := _folder_size(folder)):
             print(f"[{name}]  {_size(size)}  {folder}")
@@ -97,7 +98,8 @@ def _clean(cache: images.ImageCache, references: list[str], everything: bool) ->
             freed += cache.remove(entry)
             print(f"Removed {entry.reference} ({entry.path}).")
     if everything:
-        for name in ("sif", "ch-image", "refs", "locks", *OTHER_FOLDERS):
+        images = [runtime.cache_kind for runtime in _pullers()]
+        for name in (*images, "refs", "locks", *_runtime_folders(), *OTHER_FOLDERS):
             freed += _remove(cache.root / name)
     elif not references:
         freed += _unnamed(cache)
@@ -106,38 +108,25 @@ def _clean(cache: images.ImageCache, references: list[str], everything: bool) ->
 
 
 def _unnamed(cache: images.ImageCache) -> int:
-    """Free what no record names, but the files of a pull under way."""
-    freed = 0
+    """Free what no record names, but the files of a pull under way (each runtime knows its
+    own)."""
     named = {entry.path for entry in cache.entries() if entry.writable}
-    for path in (cache.root / "sif").glob("*") if (cache.root / "sif").is_dir() else ():
-        if path not in named and not _being_written(path):
-            freed += _remove(path)
-    storage = cache.root / "ch-image" / "img"
-    if storage.is_dir():  # (ch-image pulls hold this lock)
-        with cache.lock("ch-image-storage", "Waiting for a ch-image pull to end.", _stderr):
-            for path in storage.iterdir():
-                if path not in named:
-                    freed += _remove(path)
-    return freed
+    return sum(runtime.clean(cache, named, _remove, _stderr) for runtime in _pullers())
 
 
-def _being_written(path: Path) -> bool:
-    """Ours (`.NAME.PID.partial`) while its process lives; the runtime's temporary files
-    (`tmp-copy-N`...) for an hour."""
-    if path.name.endswith(".partial"):
-        owner = path.name.rsplit(".", 2)[-2]
-        return owner.isdigit() and _alive(int(owner))
-    return not path.name.endswith(".sif") and time.time() - path.lstat().st_mtime < 3600
+def _pullers() -> list[type[Runtime]]:
+    """One registered runtime per kind of pulled image (Singularity's are Apptainer's)."""
+    found: dict[str, type[Runtime]] = {}
+    for runtime in runtime_classes():
+        if runtime.cache_kind:
+            found.setdefault(runtime.cache_kind, runtime)
+    return list(found.values())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _runtime_folders() -> list[str]:
+    """The registered runtimes' own caches and temporary files under a cache's root."""
+    return list(dict.fromkeys(name for runtime in runtime_classes() for name in
+                              runtime.cache_folders))  # fmt: skip
 
 
 def _remove(path: Path) -> int:

@@ -24,14 +24,13 @@ from ..ground.errors import ContainerKernelError
 from ..ground.folders import private_folder
 from ..images import cache as images
 from ..images.probe import Facts, probe
+from ..images.resolve import local_image
 from ..launch import gpus
-from ..launch.plan import local_image
-from ..runtimes import Runtime, find_runtime
-from ..runtimes.charliecloud import gpu_refusal
+from ..runtimes.base import Runtime
+from ..runtimes.registry import find_runtime
 from ..settings import ContainerSettings
 from . import kernelspecs as kernelspec
-from .spec_argv import command_inside
-from .sync import image_kind
+from .kernelspecs import command_inside, image_kind
 
 START_TIMEOUT = 60  # seconds for a kernel's first kernel_info reply
 
@@ -127,21 +126,9 @@ def _runtime(settings: ContainerSettings, report: Report) -> Runtime | None:
         report.fail("runtime", str(err))
         return None
     report.ok("runtime", f"{runtime.flavour} ({runtime.executable})")
-    flavour = runtime.flavour
-    if not hasattr(flavour, "has_no_eval"):  # ch-run
-        report.ok("no-eval", "values go in from a file, with --env-no-expand")
-        if refusal := gpu_refusal(settings.image, gpus.vendor(settings.gpu)):
-            report.fail("GPUs", refusal)
-        else:
-            report.ok("GPUs", f"{settings.gpu} (NVIDIA: an image prepared once with "
-                      "`ch-fromhost --nvidia IMAGE`)")  # fmt: skip
-        return runtime
-    if flavour.has_no_eval:
-        report.ok("no-eval", "yes, values go in literally (--no-eval)")
-    else:
-        report.ok("no-eval", f"not in {flavour}: values go in from a file /bin/sh reads inside")
-    report.ok("GPUs", f"{settings.gpu} (NVIDIA with --nv, AMD with --rocm, auto: this "
-              "machine's)")  # fmt: skip
+    # what this runtime says of itself: how values go in, whether it gives the GPUs asked for
+    for fact in runtime.doctor(settings.image, gpus.vendor(settings.gpu), settings.gpu):
+        (report.ok if fact.ok else report.fail)(fact.what, fact.detail)
     return runtime
 
 

@@ -9,17 +9,20 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
 
-from ..images.probe import Facts
-from ..images.shipped_kernels import ImageKernel
 from ..settings import ContainerSettings
-from .spec_argv import spec_argv
+
+if TYPE_CHECKING:
+    from ..images.probe import Facts
+    from ..images.shipped_kernels import ImageKernel
 
 PROVISIONER_NAME = "container-provisioner"
 MARK = "container_kernel"  # metadata.container_kernel: what we learned and who made the spec
@@ -27,6 +30,42 @@ SIF_SUFFIXES = (".sif", ".simg", ".img")
 SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
 IMAGE_SUFFIXES = SIF_SUFFIXES + SQUASHFS_SUFFIXES
 LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")  # JupyterLab's Launcher shows them
+# The module an installed spec's argv runs (spec_argv.py), for clients that ignore provisioners.
+SPEC_ARGV_MODULE = "container_kernel.faces.spec_argv"
+# Specs installed by 0.1 run `-m container_kernel.launcher` (kept: it runs that module).
+EARLIER_MODULES = ("container_kernel.launcher",)
+
+
+def spec_argv(inner: Sequence[str], python: str | None = None) -> list[str]:
+    """The argv an installed spec carries: `inner` (the kernel's argv inside) through
+    spec_argv.py, run by the absolute path of a Python that has this package (never PATH)."""
+    return [
+        python or sys.executable, "-m", SPEC_ARGV_MODULE, "--spec-dir", "{resource_dir}",
+        "--connection-file", "{connection_file}", "--", *inner,
+    ]  # fmt: skip
+
+
+def command_inside(cmd: Sequence[str]) -> list[str]:
+    """The kernel's own argv in a (formatted) spec argv: what follows spec_argv.py's `--`; a
+    spec of the first format (the kernel's argv alone) as it is."""
+    cmd = list(cmd)
+    modules = (SPEC_ARGV_MODULE, *EARLIER_MODULES)
+    if len(cmd) > 2 and cmd[1] == "-m" and cmd[2] in modules and "--" in cmd:
+        return cmd[cmd.index("--") + 1 :]
+    return cmd
+
+
+def image_kind(path: Path) -> str | None:
+    """'SIF file', 'SquashFS file' or 'sandbox folder' (one with /usr or /bin); None otherwise."""
+    if path.is_dir():
+        has_root = any(os.path.lexists(path / sub) for sub in ("usr", "bin"))
+        return "sandbox folder" if has_root else None
+    if path.is_file():
+        if path.name.endswith(SIF_SUFFIXES):
+            return "SIF file"
+        if path.name.endswith(SQUASHFS_SUFFIXES):
+            return "SquashFS file"
+    return None
 
 
 def non_default_settings(settings: ContainerSettings) -> dict[str, Any]:

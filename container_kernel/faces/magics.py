@@ -124,7 +124,7 @@ class ContainerMagics(ContainerSettings, Magics):
             )
             if args.output and not placement.brings_files_back:
                 msg = (
-                    f"-o needs the cell's folder back: not with launcher={settings.launcher} "
+                    f"-o needs the cell's folder back: not with placement={settings.placement} "
                     "(print instead)."
                 )
                 raise UsageError(msg)

@@ -27,7 +27,7 @@ from ..placements.base import Placement
 from ..placements.encryption import cannot_encrypt, spec_encrypts
 from ..placements.slurm import PORTS
 from ..settings import ContainerSettings
-from .spec_argv import command_inside
+from .kernelspecs import command_inside
 from .startup import PORT_TAKEN, PORT_TAKEN_STATUS, KernelStartError, StartupWatch
 
 PORT_ATTEMPTS = 3
@@ -74,7 +74,7 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
             failing = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", message]
             kwargs.update(cmd=failing, cwd=cwd if os.path.isdir(cwd) else "/")
             return kwargs
-        where = launch.runtime or f"{self.launcher} ({' '.join(launch.argv)})"
+        where = launch.runtime or f"{self.placement} ({' '.join(launch.argv)})"
         self.log.info("container-kernel: %s in %s, %s", self.kernel_id, self.image, where)
         self.log.debug("container-kernel: %s", launch.argv)
         kwargs.update(cmd=launch.argv, env=launch.env, cwd=launch.cwd)

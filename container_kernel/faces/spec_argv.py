@@ -32,34 +32,14 @@ from ..launch.plan import Launch
 from ..placements import placement_for
 from ..placements.base import Placement
 from ..settings import ContainerSettings
+from .kernelspecs import SPEC_ARGV_MODULE
 
-MODULE = "container_kernel.faces.spec_argv"
-# Specs installed by 0.1 run `-m container_kernel.launcher` (kept: it runs this module).
-EARLIER_MODULES = ("container_kernel.launcher",)
 PROVISIONER = "container-provisioner"
-
-
-def spec_argv(inner: Sequence[str], python: str | None = None) -> list[str]:
-    """The argv an installed spec carries: `inner` (the kernel's argv inside) through this
-    module, run by the absolute path of a Python that has this package (never PATH)."""
-    return [
-        python or sys.executable, "-m", MODULE, "--spec-dir", "{resource_dir}",
-        "--connection-file", "{connection_file}", "--", *inner,
-    ]  # fmt: skip
-
-
-def command_inside(cmd: Sequence[str]) -> list[str]:
-    """The kernel's own argv in a (formatted) spec argv: what follows this module's `--`; a
-    spec of the first format (the kernel's argv alone) as it is."""
-    cmd = list(cmd)
-    if len(cmd) > 2 and cmd[1] == "-m" and cmd[2] in (MODULE, *EARLIER_MODULES) and "--" in cmd:
-        return cmd[cmd.index("--") + 1 :]
-    return cmd
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=f"python -m {MODULE}",
+        prog=f"python -m {SPEC_ARGV_MODULE}",
         description="Run a container kernel spec's kernel (what its argv runs without a "
         "provisioner).",
     )
@@ -108,8 +88,8 @@ def _placement(spec_dir: Path) -> tuple[Placement, dict]:
     placement = placement_for(settings, spec_dir.name, language, progress=_to_stderr)
     if not placement.listens_as_told:  # the client reads ports we cannot tell it
         msg = (
-            f"launcher={settings.launcher} needs the container-provisioner: this client ignores "
-            "it (use JupyterLab, Notebook or nbclient, or a spec with launcher=local)."
+            f"placement={settings.placement} needs the container-provisioner: this client ignores "
+            "it (use JupyterLab, Notebook or nbclient, or a spec with placement=local)."
         )
         raise ContainerKernelError(msg)
     placement.spec_file = str(spec_dir / "kernel.json")

@@ -25,24 +25,10 @@ from ..images.shipped_kernels import ImageKernel
 from ..settings import ContainerSettings
 from . import install as installer
 from . import kernelspecs as kernelspec
-from .kernelspecs import SIF_SUFFIXES, SQUASHFS_SUFFIXES
-from .spec_argv import command_inside
+from .kernelspecs import command_inside, image_kind
 
 LOCK_FILE = ".container-kernel-sync.lock"
 DRY_RUN_VERBS = {"added": "would add", "updated": "would update", "removed": "would remove"}
-
-
-def image_kind(path: Path) -> str | None:
-    """'SIF file', 'SquashFS file' or 'sandbox folder' (one with /usr or /bin); None otherwise."""
-    if path.is_dir():
-        has_root = any(os.path.lexists(path / sub) for sub in ("usr", "bin"))
-        return "sandbox folder" if has_root else None
-    if path.is_file():
-        if path.name.endswith(SIF_SUFFIXES):
-            return "SIF file"
-        if path.name.endswith(SQUASHFS_SUFFIXES):
-            return "SquashFS file"
-    return None
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -56,3 +56,10 @@ def folder_identity(*paths: str | Path) -> tuple:
         except OSError:
             found.append(None)
     return tuple(found)
+
+
+def cache_root() -> Path:
+    """The default image cache: `$XDG_CACHE_HOME/container-kernel`, else
+    `~/.cache/container-kernel`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base, "container-kernel")

@@ -5,10 +5,15 @@ Layout under a cache root (setting `image_cache`; `image_cache_shared` adds read
 site warmed with `container-kernel pull`):
 
     refs/<kind>/<key>.json   what a reference was pulled to, written last (atomically)
-    sif/<name>-<key>.sif     Apptainer/Singularity images (`pull` to a temporary name, renamed)
-    ch-image/img/ck-<key>-*  Charliecloud images, in a ch-image storage of the cache's own
-    apptainer/, tmp/         the runtime's own caches and temporary files (never in $HOME)
+    <kind>/...               each runtime's images (its `cache_kind`), as its `pull` puts them:
+      sif/<name>-<key>.sif     Apptainer/Singularity (`pull` to a temporary name, renamed)
+      ch-image/img/ck-<key>-*  Charliecloud, in a ch-image storage of the cache's own
+    apptainer/, tmp/...      the runtimes' own caches and temporary files (their `cache_folders`:
+                             never in $HOME)
     locks/                   one lock per pull: concurrent starts of one image pull it once
+
+The cache is a `runtimes.Store` to the runtimes' pulls: they get its root and its locks, and
+never import this module (it imports them).
 
 An image is used only once its record exists, so a half-written pull never is. A tag is looked up
 again only on refresh (`container-kernel pull --refresh`); a digest (`@sha256:`) never changes.
@@ -19,23 +24,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import stat
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ground.errors import ContainerKernelError, runtime_message
+from ..ground.errors import ContainerKernelError
 from ..ground.folders import private_folder
+from ..runtimes.base import Progress, Runtime, cannot_pull
+from ..runtimes.pulls import cache_key, pull_failure
 
 SCHEMES = ("docker://", "oras://", "library://")
-Progress = Callable[[str], None]
 
 
 def is_reference(image: str) -> bool:
@@ -43,29 +46,12 @@ def is_reference(image: str) -> bool:
     return image.startswith(SCHEMES)
 
 
-def default_root() -> Path:
-    """`$XDG_CACHE_HOME/container-kernel`, else `~/.cache/container-kernel`."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base, "container-kernel")
-
-
-def cache_key(reference: str) -> str:
-    """A short, stable name for a reference (the record's and the image's file names)."""
-    return hashlib.sha256(reference.encode()).hexdigest()[:16]
-
-
-def readable_name(reference: str) -> str:
-    """`docker://host/group/python:3.12-slim` -> `python_3.12-slim` (for people listing files)."""
-    last = reference.split("://", 1)[-1].rsplit("/", 1)[-1].split("@", 1)[0]
-    return re.sub(r"[^A-Za-z0-9._-]", "_", last.replace(":", "_")) or "image"
-
-
 @dataclass(frozen=True)
 class Entry:
     """One cached image: where it is, what it came from, when."""
 
     reference: str
-    kind: str  # "sif" (Apptainer, Singularity) or "ch-image" (Charliecloud)
+    kind: str  # the runtime's cache_kind: "sif" (Apptainer, Singularity), "ch-image"...
     path: Path
     record: Path
     pulled: float
@@ -112,14 +98,6 @@ class ImageCache:
                     found.append(entry)
         return sorted(found, key=lambda e: -e.pulled)
 
-    def runtime_env(self) -> dict[str, str]:
-        """Where a runtime keeps its own caches and temporary files while pulling: here."""
-        cache, tmp = self.root / "apptainer", self.root / "tmp"
-        for folder in (cache, tmp):
-            private_folder(folder)
-        return {"APPTAINER_CACHEDIR": str(cache), "SINGULARITY_CACHEDIR": str(cache),
-                "APPTAINER_TMPDIR": str(tmp), "SINGULARITY_TMPDIR": str(tmp)}  # fmt: skip
-
     @contextlib.contextmanager
     def lock(self, name: str, waiting: str, progress: Progress) -> Iterator[None]:
         """Hold `locks/<name>.lock`; when another process holds it, say so and wait."""
@@ -165,7 +143,7 @@ def is_pinned(reference: str) -> bool:
 
 def local_image(
     reference: str,
-    runtime,  # runtimes.Runtime (which imports this module)
+    runtime: Runtime,
     cache: ImageCache,
     *,
     refresh: bool = False,
@@ -175,6 +153,8 @@ def local_image(
     """The cached copy of a registry image for `runtime`, pulled first if needed (or if
     `refresh`, unless pinned by digest). Concurrent callers pull once: the others wait."""
     kind = runtime.cache_kind
+    if kind is None:
+        raise ContainerKernelError(cannot_pull(runtime, reference))
     refresh = refresh and not is_pinned(reference)
     if not refresh and (entry := cache.find(reference, kind)):
         return entry
@@ -236,65 +216,3 @@ def _read_record(record: Path, root: Path, *, writable: bool) -> Entry | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def run_pull(argv: list[str], env: dict[str, str], reference: str, root: Path,
-             progress: Progress) -> None:  # fmt: skip
-    """Run a runtime's pull, its output going to `progress` line by line; a failure raises
-    one line that leads with the cause (registry unreachable, unknown image, no space)."""
-    try:
-        process = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    except OSError as err:
-        msg = f"Cannot pull {reference}: {argv[0]}: {err.strerror}."
-        raise ContainerKernelError(msg) from None
-    lines: list[str] = []
-    with process:
-        for raw in _lines(process.stdout):
-            line = _ANSI.sub("", raw).strip()
-            if line and (not lines or line != lines[-1]):
-                lines.append(line)
-                progress(line)
-    if process.returncode != 0:
-        raise ContainerKernelError(pull_failure(reference, lines[-8:], root))
-
-
-def _lines(stream) -> Iterator[str]:
-    """Lines of a pull's output, progress bars (`\\r`) included, as they come."""
-    pending = b""
-    while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
-        pending += chunk
-        *complete, pending = re.split(rb"[\r\n]", pending)
-        for line in complete:
-            yield line.decode(errors="replace")
-    if pending:
-        yield pending.decode(errors="replace")
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_UNREACHABLE = (
-    "connection refused", "no such host", "network is unreachable", "name or service not known",
-    "failed to establish a new connection", "temporary failure in name resolution",
-    "i/o timeout", "no route to host",
-)  # fmt: skip
-_UNKNOWN = ("manifest unknown", "name unknown", "not found", "404", "does not exist",
-            "unauthorized", "denied")  # fmt: skip
-
-
-def pull_failure(reference: str, lines: list[str], root: Path) -> str:
-    """The one-line message for a failed pull, from the runtime's last lines."""
-    text = " ".join(lines).lower()
-    said = runtime_message(lines) if lines else "no message"
-    host = reference.split("://", 1)[-1].split("/", 1)[0]
-    if "no space left" in text or "disk quota exceeded" in text:
-        return (f"No space left in the image cache {root} while pulling {reference}: free "
-                "space (`container-kernel cache clean`) or set image_cache to a larger "
-                "folder.")  # fmt: skip
-    if any(word in text for word in _UNREACHABLE):
-        return (f"Cannot reach the registry {host} to pull {reference} ({said}): check the "
-                "address and the network; a pulled image starts without it.")  # fmt: skip
-    if any(word in text for word in _UNKNOWN):
-        return f"No such image (or no access) in the registry: {reference} ({said})."
-    return f"Pulling {reference} failed: {said}"

@@ -17,12 +17,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..ground.errors import ContainerKernelError, runtime_message
+from ..ground.errors import ContainerKernelError
 from ..ground.folders import file_identity, private_folder
-from ..runtimes import Bind
+from ..runtimes.base import Bind, Progress
 from ..settings import ContainerSettings
 from . import injection, probe
-from .cache import Progress
 from .kernel_command import INJECTED, KernelCommand
 
 INJECTED_MOUNT = "/opt/container-kernel/ipykernel"
@@ -66,18 +65,14 @@ def image_facts(settings: ContainerSettings, image: str, interpreter: list[str])
             return facts
     except (OSError, ValueError):
         pass  # (none yet, or a damaged one: check again and write it anew)
-    script = probe.SCRIPT + "\n" + injection.PROBE_SNIPPET
-    out = probe.run_in_image(settings, [*interpreter, "-c", script], image=image)
-    lines = out.stdout.strip().splitlines()
-    try:
-        facts = {"probe": json.loads(lines[-2]), "target": json.loads(lines[-1])}
-    except (IndexError, ValueError):
-        said = runtime_message(out.stderr.splitlines()[-4:])
-        msg = (
-            f"{interpreter[0]} does not run in {settings.image} ({said}): a Python kernel needs "
-            "a Python in the image; name it in the kernel spec's argv, or use an image with one."
-        )
-        raise ContainerKernelError(msg) from None
+    fix = (
+        " (a Python kernel needs a Python in the image: name it in the kernel spec's argv, or "
+        "use an image with one)"
+    )
+    answers = probe.ask(
+        settings, interpreter, [probe.SCRIPT, injection.PROBE_SNIPPET], image=image, fix=fix
+    )
+    facts = {"probe": answers[0], "target": answers[1]}
     private_folder(record.parent)
     partial = record.with_name(f".{record.name}.{os.getpid()}")
     partial.write_text(json.dumps(facts))

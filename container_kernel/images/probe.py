@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from ..ground.errors import ContainerKernelError, runtime_message
 from ..launch.plan import plan
 from ..launch.sessions import Session
-from ..runtimes import Bind
+from ..runtimes.base import Bind
 from ..settings import ContainerSettings
+from .resolve import local_image
 
 SCRIPT = """
 import json, platform, sys
@@ -114,6 +115,7 @@ def run_in_image(
     """Run `command` once in the image (`image`: its local copy, when the caller has it) with
     the kernel's settings (no home, in `/`), its output captured; nothing of it stays (its
     session ends)."""
+    image = image or local_image(settings)
     session = Session.create()
     try:
         launch = plan(
@@ -127,24 +129,41 @@ def run_in_image(
         session.end()
 
 
+def ask(
+    settings: ContainerSettings,
+    interpreter: Sequence[str],
+    scripts: Sequence[str],
+    *,
+    image: str | None = None,
+    fix: str = "",
+) -> list[dict]:
+    """Run `scripts` (each prints one JSON object as its last line) in one run of
+    `interpreter` in the image, and return their answers, in order. An interpreter that does
+    not run at all (or dies) raises with the runtime's own words, then `fix`."""
+    out = run_in_image(settings, [*interpreter, "-c", "\n".join(scripts)], image=image)
+    lines = out.stdout.strip().splitlines()
+    try:
+        answers = [json.loads(line) for line in lines[-len(scripts) :]]
+    except ValueError:
+        answers = []
+    if (
+        out.returncode != 0
+        or len(answers) != len(scripts)
+        or not all(isinstance(answer, dict) for answer in answers)
+    ):
+        said = runtime_message(out.stderr.splitlines()[-6:])
+        msg = f"{interpreter[0]} does not run in {settings.image}: {said}{fix}"
+        raise ContainerKernelError(msg)
+    return answers
+
+
 def probe(settings: ContainerSettings, interpreter: str = "python3") -> Facts:
     """Run `interpreter` in the image with the kernel's settings and ask what it has.
 
     Raises with the runtime's own message when the interpreter does not run at all; a missing
     ipykernel is an answer (`ipykernel` None, `error` why), for the caller to judge.
     """
-    out = run_in_image(settings, [interpreter, "-c", SCRIPT])
-    lines = out.stdout.strip().splitlines()
-    try:
-        facts = json.loads(lines[-1]) if out.returncode == 0 and lines else None
-    except ValueError:
-        facts = None
-    if not isinstance(facts, dict):
-        msg = (
-            f"{interpreter} does not run in {settings.image}: "
-            f"{runtime_message(out.stderr.splitlines()[-6:])}"
-        )
-        raise ContainerKernelError(msg)
+    (facts,) = ask(settings, [interpreter], [SCRIPT])
     return Facts.from_dict(facts)
 
 

@@ -14,8 +14,6 @@ from fnmatch import fnmatchcase
 
 from .environment import is_secret
 
-# The `gpu` setting's values: no GPU, a vendor, or whatever the machine that runs it has.
-GPU_MODES = ("none", "nvidia", "amd", "auto")
 VENDORS = ("nvidia", "amd")
 
 # Device files the drivers create: the machine has that vendor's GPUs (NVIDIA first).
@@ -38,19 +36,6 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
                     "NUMEXPR_NUM_THREADS")  # fmt: skip
 
 
-def gpu_mode(value: object) -> str:
-    """A `gpu` setting's value as one of GPU_MODES; the old booleans: true is nvidia."""
-    if isinstance(value, bool):
-        return "nvidia" if value else "none"
-    text = str(value).lower()
-    if text in ("true", "false"):  # the boolean on a command line (--ContainerSettings.gpu=true)
-        return "nvidia" if text == "true" else "none"
-    if text not in GPU_MODES:
-        msg = f"gpu must be one of {', '.join(GPU_MODES)} (or true/false), not {value!r}."
-        raise ValueError(msg)
-    return text
-
-
 def detect() -> str | None:
     """The GPU vendor of this machine, by its driver's device files; None without any."""
     for vendor in VENDORS:
@@ -60,9 +45,9 @@ def detect() -> str | None:
 
 
 def vendor(mode: str) -> str | None:
-    """The vendor a `gpu` setting means here: decided where the container runs (`auto` looks at
-    this machine's devices: with Slurm, the node's); None for no GPU."""
-    mode = gpu_mode(mode)
+    """The vendor a `gpu` setting (its trait's value: one of GPU_MODES) means here: decided
+    where the container runs (`auto` looks at this machine's devices: with Slurm, the node's);
+    None for no GPU."""
     if mode == "auto":
         return detect()
     return None if mode == "none" else mode

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
-from ..images import cache as images
-from ..images.cache import Progress
-from ..runtimes import Bind, ExecRequest, Runtime, find_runtime, parse_bind
+from ..runtimes.base import Bind, ExecRequest, Runtime, parse_bind
+from ..runtimes.registry import find_runtime
 from ..settings import ContainerSettings
 from . import gpus
 from .environment import container_environment
@@ -44,39 +43,6 @@ class Launch:
     env: dict[str, str]
     cwd: str
     runtime: Runtime | None  # None: the runtime is chosen where the container runs (Slurm)
-
-
-def check_image(image: str) -> str:
-    """A local image must exist (a URI is left to the runtime); returns its absolute path."""
-    if "://" in image:
-        return image
-    if not image:
-        msg = "No image: set `image` to a SIF file or an image directory."
-        raise ContainerKernelError(msg)
-    path = Path(image).expanduser().absolute()
-    if not path.exists():
-        msg = f"Image not found: {path}. Set `image` to an existing SIF file or image directory."
-        raise ContainerKernelError(msg)
-    return str(path)
-
-
-def local_image(
-    settings: ContainerSettings, progress: Progress | None = None, runtime: Runtime | None = None
-) -> str:
-    """The image to run, as a local path: a local one as it is (checked), a registry one from
-    the cache (pulled once by `runtime`, found if not given; its progress to `progress`)."""
-    if not images.is_reference(settings.image):
-        return check_image(settings.image)
-    runtime = runtime or find_runtime(settings.runtime, settings.runtime_path)
-    cache = images.ImageCache(settings.image_cache, settings.image_cache_shared)
-    entry = images.local_image(
-        settings.image, runtime, cache, pull_args=settings.pull_args, progress=progress or _quiet
-    )
-    return str(entry.path)
-
-
-def _quiet(line: str) -> None:
-    """No one to show a pull's progress to."""
 
 
 def user_binds(specs: Sequence[str]) -> list[Bind]:
@@ -210,11 +176,10 @@ def plan(
     named_env: Sequence[str] = (),
     extra_binds: Sequence[Bind] = (),
     env_defaults: Mapping[str, str] | None = None,
-    image: str | None = None,
-    progress: Progress | None = None,
+    image: str,
 ) -> Launch:
-    """The whole command that runs `command` in the container (arguments: see build_request;
-    `image`: the local image when the caller has it, else see local_image).
+    """The whole command that runs `command` in the local `image` (images/resolve.py found
+    it; the other arguments: see build_request).
 
     The runtime process starts in `/` when the working directory is mounted elsewhere, so the
     runtime's own current-directory mount cannot cover the fake home.
@@ -223,7 +188,7 @@ def plan(
     request = build_request(
         settings, command, cwd=cwd, home=home, host_env=host_env, session=session,
         named_env=named_env, extra_binds=extra_binds, env_defaults=env_defaults,
-        image=image or local_image(settings, progress, runtime),
+        image=image,
         tmp_mounts=runtime.mounts_in_private_tmp,
     )  # fmt: skip
     command = runtime.exec_command(request, host_env)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..images.cache import Progress
+from ..runtimes.base import Progress
 from ..settings import ContainerSettings
 from .base import Placement
 from .here import Here
@@ -17,4 +17,4 @@ def placement_for(
     settings: ContainerSettings, name: str, language: str = "", progress: Progress | None = None
 ) -> Placement:
     """The placement the settings ask for, for the kernel (spec) or cell `name`."""
-    return PLACEMENTS[settings.launcher](settings, name, language, progress)
+    return PLACEMENTS[settings.placement](settings, name, language, progress)

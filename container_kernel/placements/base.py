@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..ground import processes
-from ..images.cache import Progress
 from ..launch.plan import Launch
+from ..runtimes.base import Progress
 from ..settings import ContainerSettings
 
 

@@ -23,12 +23,13 @@ from ..ground import processes
 from ..ground.errors import ContainerKernelError
 from ..ground.folders import file_identity, folder_identity
 from ..images import kernel_check
-from ..images.cache import Progress
 from ..images.kernel_command import KernelCommand
+from ..images.resolve import local_image
 from ..launch import homes, languages, sessions
-from ..launch.plan import Launch, cell_files, local_image, plan, private_mount
+from ..launch.plan import Launch, cell_files, plan, private_mount
 from ..launch.sessions import Session
-from ..runtimes import find_runtime, parse_bind
+from ..runtimes.base import Progress, parse_bind
+from ..runtimes.registry import find_runtime
 from ..settings import ContainerSettings
 from . import guard, standby
 from .base import Placement

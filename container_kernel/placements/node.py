@@ -38,7 +38,7 @@ from .slurm import PORTS
 
 def main() -> int:
     request = json.loads(sys.stdin.readline())
-    settings = ContainerSettings(**{**request["settings"], "launcher": "local"})
+    settings = ContainerSettings(**{**request["settings"], "placement": "local"})
     here = Here(settings, request["kernel_name"], request.get("language", ""))
     if request.get("mode") == "cell":
         return _cell(here, request)

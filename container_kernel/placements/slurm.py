@@ -1,4 +1,4 @@
-"""A kernel (or a cell) as a Slurm job: the server's side of `launcher = "slurm"`.
+"""A kernel (or a cell) as a Slurm job: the server's side of `placement = "slurm"`.
 
 `srun [slurm_args] PYTHON -m container_kernel.placements.node` runs the node's agent (node.py),
 which starts the container there through the same placement as a local kernel (Here): the
@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..ground.errors import ContainerKernelError
+from ..images.resolve import local_image
 from ..launch.environment import container_environment
-from ..launch.plan import Launch, local_image
+from ..launch.plan import Launch
 from ..settings import ContainerSettings
 from . import guard
 from .base import Placement
@@ -54,7 +55,7 @@ def node_settings(settings: ContainerSettings) -> dict[str, Any]:
     return {
         name: getattr(settings, name)
         for name in ContainerSettings.class_traits(config=True)
-        if name not in ("launcher", "locked")
+        if name not in ("placement", "locked")
     }
 
 

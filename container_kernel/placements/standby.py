@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..images.kernel_command import KernelCommand
 from ..launch.plan import Launch, plan
-from ..runtimes import Bind
+from ..runtimes.base import Bind
 
 STANDBY_MOUNT = "/mnt/container-kernel-standby"  # the standby's own folder, inside
 FIFO = "start"

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
 from ..ground.folders import private_folder
-from ..images.cache import ImageCache, Progress, cache_key, readable_name, run_pull
-from .base import Command, ExecRequest, with_user
+from .base import Command, ExecRequest, Fact, Progress, Runtime, Store, with_user
+from .pulls import cache_key, readable_name, run_pull
 
 PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")
 
@@ -221,29 +222,106 @@ def exec_command(
     return Command([*argv, *command], env, {host_file: env_file(values)})
 
 
-# Pulled images are SIF files, the same for every flavour.
-CACHE_KIND = "sif"
+class Apptainer(Runtime):
+    """Apptainer, or a Singularity of any flavour found under that name (or by runtime_path)."""
+
+    name = "apptainer"
+    executables = ("apptainer",)
+    cache_kind = "sif"  # the same for every flavour
+    cache_folders = ("apptainer", "tmp")  # its cache (layers, OCI blobs) and temporary files
+
+    @classmethod
+    def parse_version(cls, text: str) -> Flavour:
+        return parse_version(text)
+
+    def exec_command(self, request: ExecRequest, host_env: Mapping[str, str]) -> Command:
+        return exec_command(self.executable, self.flavour, request, host_env)
+
+    @property
+    def forwards_signals(self) -> bool:
+        return self.flavour.forwards_signals
+
+    @property
+    def mounts_in_private_tmp(self) -> bool:
+        return self.flavour.mounts_in_private_tmp
+
+    def pull(
+        self, reference: str, store: Store, pull_args: Sequence[str], progress: Progress
+    ) -> Path:
+        """`pull` into the store under a temporary name, renamed once whole. Singularity 2.x
+        names its output with --name, in SINGULARITY_PULLFOLDER."""
+        folder = store.root / "sif"
+        private_folder(folder)
+        final = folder / f"{readable_name(reference)}-{cache_key(reference)}.sif"
+        partial = folder / f".{final.name}.{os.getpid()}.partial"
+        env = {**with_user(os.environ), **pull_env(store.root)}
+        flavour, executable = self.flavour, self.executable
+        if flavour.name == "singularity" and flavour.version < (3, 0, 0):
+            argv = [executable, "pull", *pull_args, "--name", partial.name, reference]
+            env["SINGULARITY_PULLFOLDER"] = str(folder)
+        else:
+            argv = [executable, "pull", *pull_args, str(partial), reference]
+        try:
+            run_pull(argv, env, reference, store.root, progress)
+            partial.replace(final)
+        finally:
+            partial.unlink(missing_ok=True)
+        return final
+
+    @classmethod
+    def clean(
+        cls, store: Store, named: set[Path], remove: Callable[[Path], int], progress: Progress
+    ) -> int:
+        """SIF files no record names, and what a killed pull left, but a pull under way's."""
+        folder = store.root / "sif"
+        freed = 0
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if path not in named and not _being_written(path):
+                freed += remove(path)
+        return freed
+
+    def doctor(self, image: str, gpu: str | None, gpu_setting: str) -> list[Fact]:
+        if self.flavour.has_no_eval:
+            values = Fact(True, "no-eval", "yes, values go in literally (--no-eval)")
+        else:
+            values = Fact(True, "no-eval", f"not in {self.flavour}: values go in from a file "
+                          "/bin/sh reads inside")  # fmt: skip
+        gpus = Fact(True, "GPUs", f"{gpu_setting} (NVIDIA with --nv, AMD with --rocm, auto: "
+                    "this machine's)")  # fmt: skip
+        return [values, gpus]
 
 
-def pull(
-    executable: str, flavour: Flavour, reference: str, cache: ImageCache, *,
-    pull_args: Sequence[str], progress: Progress,
-) -> Path:  # fmt: skip
-    """`pull` into the cache under a temporary name, renamed once whole. Singularity 2.x names
-    its output with --name, in SINGULARITY_PULLFOLDER."""
-    folder = cache.root / "sif"
-    private_folder(folder)
-    final = folder / f"{readable_name(reference)}-{cache_key(reference)}.sif"
-    partial = folder / f".{final.name}.{os.getpid()}.partial"
-    env = {**with_user(os.environ), **cache.runtime_env()}
-    if flavour.name == "singularity" and flavour.version < (3, 0, 0):
-        argv = [executable, "pull", *pull_args, "--name", partial.name, reference]
-        env["SINGULARITY_PULLFOLDER"] = str(folder)
-    else:
-        argv = [executable, "pull", *pull_args, str(partial), reference]
+class Singularity(Apptainer):
+    """The `singularity` executable: SingularityCE, or Singularity 2.6-3.x (the flavour says)."""
+
+    name = "singularity"
+    executables = ("singularity",)
+
+
+def pull_env(root: Path) -> dict[str, str]:
+    """Where Apptainer keeps its own cache and temporary files while pulling: under `root`
+    (never in $HOME)."""
+    cache, tmp = root / "apptainer", root / "tmp"
+    for folder in (cache, tmp):
+        private_folder(folder)
+    return {"APPTAINER_CACHEDIR": str(cache), "SINGULARITY_CACHEDIR": str(cache),
+            "APPTAINER_TMPDIR": str(tmp), "SINGULARITY_TMPDIR": str(tmp)}  # fmt: skip
+
+
+def _being_written(path: Path) -> bool:
+    """Ours (`.NAME.PID.partial`) while its process lives; the runtime's temporary files
+    (`tmp-copy-N`...) for an hour."""
+    if path.name.endswith(".partial"):
+        owner = path.name.rsplit(".", 2)[-2]
+        return owner.isdigit() and _alive(int(owner))
+    return not path.name.endswith(".sif") and time.time() - path.lstat().st_mtime < 3600
+
+
+def _alive(pid: int) -> bool:
     try:
-        run_pull(argv, env, reference, cache.root, progress)
-        partial.replace(final)
-    finally:
-        partial.unlink(missing_ok=True)
-    return final
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

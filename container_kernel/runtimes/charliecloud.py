@@ -16,15 +16,14 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
-from ..images.cache import ImageCache, Progress, cache_key, run_pull
-from .base import Bind, Command, ExecRequest, with_user
+from .base import Bind, Command, ExecRequest, Fact, Progress, Runtime, Store, with_user
+from .pulls import cache_key, run_pull
 
-EXECUTABLES = ("ch-run",)
 # The NVIDIA driver's CUDA library, which `ch-fromhost --nvidia` puts in an image, and where it
 # may be found in an image without an ld.so.cache.
 NVIDIA_LIBRARY = "libcuda.so.1"
@@ -268,44 +267,88 @@ def _follow(path: str, moved: Mapping[str, str]) -> str:
     return path
 
 
-# Pulled images are folders in a ch-image storage of the cache's own.
-CACHE_KIND = "ch-image"
+# ch-image locks its storage: one pull at a time (and no cleaning meanwhile).
+STORAGE_LOCK = "ch-image-storage"
 
 
-def pull(
-    executable: str, flavour: Flavour, reference: str, cache: ImageCache, *,
-    pull_args: Sequence[str], progress: Progress,
-) -> Path:  # fmt: skip
-    """`ch-image pull` into the cache's storage, under a new name each time (a kernel may be
-    running from the last one). ch-image locks its storage: one pull at a time."""
-    if not reference.startswith("docker://"):
-        msg = (
-            f"Charliecloud pulls docker:// images (ch-image pull), not {reference}: use a "
-            "docker:// reference, or Apptainer."
+class Charliecloud(Runtime):
+    """ch-run: runs directory and SquashFS images; pulls with ch-image."""
+
+    name = "charliecloud"
+    executables = ("ch-run",)
+    cache_kind = "ch-image"  # folders in a ch-image storage of the store's own
+
+    @classmethod
+    def parse_version(cls, text: str) -> Flavour:
+        return parse_version(text)
+
+    def exec_command(self, request: ExecRequest, host_env: Mapping[str, str]) -> Command:
+        return exec_command(self.executable, self.flavour, request, host_env)
+
+    @property
+    def forwards_signals(self) -> bool:
+        return self.flavour.forwards_signals
+
+    @property
+    def mounts_in_private_tmp(self) -> bool:
+        return self.flavour.mounts_in_private_tmp
+
+    def pull(
+        self, reference: str, store: Store, pull_args: Sequence[str], progress: Progress
+    ) -> Path:
+        """`ch-image pull` into the store's storage, under a new name each time (a kernel may
+        be running from the last one). ch-image locks its storage: one pull at a time."""
+        if not reference.startswith("docker://"):
+            msg = (
+                f"Charliecloud pulls docker:// images (ch-image pull), not {reference}: use a "
+                "docker:// reference, or Apptainer."
+            )
+            raise ContainerKernelError(msg)
+        ch_image = shutil.which("ch-image") or shutil.which(
+            "ch-image", path=os.path.dirname(os.path.realpath(self.executable))
         )
-        raise ContainerKernelError(msg)
-    ch_image = shutil.which("ch-image") or shutil.which(
-        "ch-image", path=os.path.dirname(os.path.realpath(executable))
-    )
-    if not ch_image:
-        msg = (
-            f"ch-image is not on PATH: Charliecloud needs it to pull {reference} (Debian: "
-            "charliecloud-builders), or pull the image elsewhere and name its folder."
-        )
-        raise ContainerKernelError(msg)
-    storage = cache.root / "ch-image"
-    name = f"ck-{cache_key(reference)}-{time.time_ns():x}"
-    # --no-cache: its build cache is a git repository, which fails without a git identity
-    argv = [ch_image, "--storage", str(storage), "--no-cache", "pull", *pull_args,
-            reference.removeprefix("docker://"), name]  # fmt: skip
-    # ch-image runs `env python3`: the one installed beside it (a venv's lacks its modules)
-    env = with_user(os.environ)
-    env["PATH"] = os.pathsep.join([os.path.dirname(ch_image), env.get("PATH", "")])
-    waiting = f"Waiting for another ch-image pull into {storage} (one at a time)."
-    with cache.lock("ch-image-storage", waiting, progress):
-        try:
-            run_pull(argv, env, reference, cache.root, progress)
-        except ContainerKernelError:
-            shutil.rmtree(storage / "img" / name, ignore_errors=True)
-            raise
-    return storage / "img" / name
+        if not ch_image:
+            msg = (
+                f"ch-image is not on PATH: Charliecloud needs it to pull {reference} (Debian: "
+                "charliecloud-builders), or pull the image elsewhere and name its folder."
+            )
+            raise ContainerKernelError(msg)
+        storage = store.root / "ch-image"
+        name = f"ck-{cache_key(reference)}-{time.time_ns():x}"
+        # --no-cache: its build cache is a git repository, which fails without a git identity
+        argv = [ch_image, "--storage", str(storage), "--no-cache", "pull", *pull_args,
+                reference.removeprefix("docker://"), name]  # fmt: skip
+        # ch-image runs `env python3`: the one installed beside it (a venv's lacks its modules)
+        env = with_user(os.environ)
+        env["PATH"] = os.pathsep.join([os.path.dirname(ch_image), env.get("PATH", "")])
+        waiting = f"Waiting for another ch-image pull into {storage} (one at a time)."
+        with store.lock(STORAGE_LOCK, waiting, progress):
+            try:
+                run_pull(argv, env, reference, store.root, progress)
+            except ContainerKernelError:
+                shutil.rmtree(storage / "img" / name, ignore_errors=True)
+                raise
+        return storage / "img" / name
+
+    @classmethod
+    def clean(
+        cls, store: Store, named: set[Path], remove: Callable[[Path], int], progress: Progress
+    ) -> int:
+        """Image folders no record names, the storage locked (a pull under way holds it)."""
+        storage = store.root / "ch-image" / "img"
+        freed = 0
+        if storage.is_dir():
+            with store.lock(STORAGE_LOCK, "Waiting for a ch-image pull to end.", progress):
+                for path in storage.iterdir():
+                    if path not in named:
+                        freed += remove(path)
+        return freed
+
+    def doctor(self, image: str, gpu: str | None, gpu_setting: str) -> list[Fact]:
+        facts = [Fact(True, "no-eval", "values go in from a file, with --env-no-expand")]
+        if refusal := gpu_refusal(image, gpu):
+            facts.append(Fact(False, "GPUs", refusal))
+        else:
+            facts.append(Fact(True, "GPUs", f"{gpu_setting} (NVIDIA: an image prepared once "
+                              "with `ch-fromhost --nvidia IMAGE`)"))  # fmt: skip
+        return facts
