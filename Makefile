@@ -33,11 +33,12 @@ lint: venv
 check: lint
 	$(BIN)/python -m pytest -q -m fast
 
-# The fast lane first; then everything else as root on real Apptainer 1.4.5 and ch-run (with a real JupyterHub, JupyterLab in
-# Chromium, an OCI registry over HTTPS and a Slurm cluster whose compute node has a network
-# namespace of its own), the security and lifecycle suites on real SingularityCE 3.4.2 and
-# Singularity 2.6.1 too, then the security, lifecycle and soak suites as an unprivileged user
-# on all four. scripts/real-runtimes builds the real runtimes once per machine.
+# The fast lane first; then everything else as root on real Apptainer 1.4.5 and ch-run (with a
+# real JupyterHub, JupyterLab in Chromium, an OCI registry over HTTPS and a Slurm cluster whose
+# compute node has a network namespace of its own), the security and lifecycle suites on real
+# SingularityCE 3.4.2 and Singularity 2.6.1 too, then the fast lane and the security, lifecycle
+# and soak suites as an unprivileged user on all four. scripts/real-runtimes builds the real
+# runtimes once per machine.
 LEGACY := singularity-3.4,singularity-2.6
 test: check image
 	@scripts/system-packages --tests
