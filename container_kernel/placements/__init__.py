@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
-from ..runtimes.base import Progress
-from ..settings import ContainerSettings
-from .base import Placement
-from .here import Here
-from .slurm import Slurm
+import importlib
+from typing import TYPE_CHECKING
 
-# The `placement` setting's values. A new scheduler: a Placement subclass, one line here.
-PLACEMENTS: dict[str, type[Placement]] = {"local": Here, "slurm": Slurm}
+if TYPE_CHECKING:
+    from ..runtimes.base import Progress
+    from ..settings import ContainerSettings
+    from .base import Placement
+
+# The `placement` setting's values and their classes, imported when asked for (a local kernel
+# never loads the Slurm side). A new scheduler: a Placement subclass, one line here.
+PLACEMENTS = {
+    "local": "container_kernel.placements.here:Here",
+    "slurm": "container_kernel.placements.slurm:Slurm",
+}
 
 
 def placement_for(
     settings: ContainerSettings, name: str, language: str = "", progress: Progress | None = None
 ) -> Placement:
     """The placement the settings ask for, for the kernel (spec) or cell `name`."""
-    return PLACEMENTS[settings.placement](settings, name, language, progress)
+    module, _, cls = PLACEMENTS[settings.placement].partition(":")
+    return getattr(importlib.import_module(module), cls)(settings, name, language, progress)

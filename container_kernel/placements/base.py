@@ -19,12 +19,14 @@ from __future__ import annotations
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ground import processes
-from ..launch.plan import Launch
-from ..runtimes.base import Progress
-from ..settings import ContainerSettings
+
+if TYPE_CHECKING:
+    from ..launch.plan import Launch
+    from ..runtimes.base import Progress
+    from ..settings import ContainerSettings
 
 
 class Placement(ABC):
