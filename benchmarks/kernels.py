@@ -223,6 +223,28 @@ async def lifecycle(
     return out
 
 
+async def early_shutdown(name: str, runtime_dir: Path, cwd: str, wait: float) -> dict:
+    """Start to first reply, `wait` seconds more (a standby is starting by then), then how long
+    a shutdown takes, as Jupyter Server's (a shutdown_request first); what stays is reported."""
+    km = _manager(name, runtime_dir)
+    failed = True
+    try:
+        await km.start_kernel(cwd=cwd)
+        await first_reply(km)
+        await asyncio.sleep(wait)
+        started = time.perf_counter()
+        await km.shutdown_kernel(now=False)
+        took = time.perf_counter() - started
+        failed = False
+    except Exception as err:
+        msg = f"{type(err).__name__}: {err} ({_state(km)})"
+        raise KernelFailed(msg) from err
+    finally:
+        if failed:
+            await _stop(km, failed)
+    return {"shutdown": took, "left": await procs.wait_gone()}
+
+
 async def many(name: str, count: int, runtime_dir: Path, cwd: str) -> dict:
     """`count` kernels started at once (one event loop, as a server's): the wall time until the
     last one answers, and how many did."""

@@ -36,6 +36,9 @@ import report
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE_DIR = REPO / "tests" / "apptainer_double"
+# Seconds between a kernel's first reply and its shutdown, in the early-shutdown row: its standby
+# (started 0.5 s after the kernel listens) is starting then, and a shutdown must not wait for it.
+EARLY_SHUTDOWN_WAIT = 0.7
 RUNTIMES = ("charliecloud", "apptainer-sandbox", "apptainer-sif", "singularity-3.4-sandbox")
 # The real runtimes scripts/real-runtimes builds (the double stands in for Apptainer without it)
 REAL_APPTAINER = Path("/opt/apptainer/bin/apptainer")
@@ -375,13 +378,17 @@ async def measure(run: Run, runtimes: list[Runtime], shell, n: int) -> None:
             tasks.append((rt.label, config, work))
         for config in ("hand", "ours"):
             tasks.append((rt.label, f"many-{config}", _many(run, rt.label, config, rt.specs)))
+        for config in ("ours", "standby"):
+            if config in rt.specs:
+                work = _early_shutdown(run, rt.label, config, rt.specs[config])
+                tasks.append((rt.label, f"shutdown-{config}", work))
     signal.signal(signal.SIGALRM, _raise_stuck)
     progress(run, "warming up")
     for rt in runtimes:
         for _ in range(2):
             _quiet_run(rt.exec_argv("python3", "-c", "pass"))
     for group, task, work in tasks:
-        if not task.startswith(("many-", "floor")):
+        if not task.startswith(("many-", "floor", "shutdown-")):
             await _guard(run, group, task, work, record=False)
     for rep in range(n):
         shift = rep % len(tasks)
@@ -466,6 +473,18 @@ def _lifecycle(run: Run, group: str, config: str, spec: str, restart: bool):
             for kind in ("rss", "pss", "rss_other", "pss_other"):
                 for key in (kind, f"{kind}_after") if after else (kind,):
                     values[(key.replace("_", "-"), config)] = out[key]
+        if out["left"]:
+            values[("left", config)] = len(out["left"])
+            procs.kill(out["left"])
+        return values
+
+    return work
+
+
+def _early_shutdown(run: Run, group: str, config: str, spec: str):
+    async def work() -> dict:
+        out = await kernels.early_shutdown(spec, run.runtime_dir, run.cwd, EARLY_SHUTDOWN_WAIT)
+        values = {("shutdown", config): out["shutdown"] * 1000}
         if out["left"]:
             values[("left", config)] = len(out["left"])
             procs.kill(out["left"])

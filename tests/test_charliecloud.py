@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -85,12 +86,15 @@ def test_folders_it_cannot_create_are_staged_and_the_command_follows(image, tmp_
     )
     command = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
     argv = command.argv
-    stage = f"/tmp/.container-kernel-{os.getuid()}"  # in the container: the host's $TMPDIR
+    # in the container: the host's $TMPDIR, a folder of this session's (named as its folder)
+    stage = f"/tmp/.container-kernel-{os.getuid()}/{tmp_path.name}"
     assert f"HOME='{stage}/home'\n" in "".join(command.files.values())
     assert argv[argv.index("-c") + 1] == f"{stage}/home"
     assert argv[-1] == f"{stage}/connection/k.json"
     assert f"/host/rt:{stage}/connection" in argv
-    assert (tmp_path / f".container-kernel-{os.getuid()}" / "home").is_dir()  # on the host
+    on_host = tmp_path / f".container-kernel-{os.getuid()}" / tmp_path.name
+    assert (on_host / "home").is_dir()
+    assert command.created == [str(on_host)]  # the session removes it when it ends
 
 
 @pytest.mark.parametrize(
@@ -125,7 +129,7 @@ def test_squashfs_image_stages_our_folders_and_trusts_user_binds(tmp_path):
     )
     command = exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
     assert (
-        f"HOME='/tmp/.container-kernel-{os.getuid()}/home'\n"
+        f"HOME='/tmp/.container-kernel-{os.getuid()}/{tmp_path.name}/home'\n"
         in command.files[f"{tmp_path}/ch-run.env"]
     )
     assert "/scratch:/scratch" in command.argv
@@ -139,8 +143,7 @@ def test_staging_folder_must_be_ours_and_private(image, tmp_path, monkeypatch):
     stage.chmod(0o755)
     exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
     assert stage.stat().st_mode & 0o777 == 0o700
-    (stage / "home").rmdir()
-    stage.rmdir()
+    shutil.rmtree(stage)
     stage.symlink_to(tmp_path)  # as if another user had planted it first
     with pytest.raises(ContainerKernelError, match="is not a folder of yours"):
         exec_command("ch-run", FLAVOUR, request, {"TMPDIR": str(tmp_path)})
@@ -177,7 +180,7 @@ def test_folders_go_at_their_own_path_over_an_empty_folder_of_the_image(image, t
         "/host/fake:/home/me",
         f"{skeletons / 'scratch'}:/scratch",
         "/host/project:/scratch/me/project",
-        f"/host/conf:/tmp/.container-kernel-{os.getuid()}/notebook",  # /etc is not empty: staged
+        f"/host/conf:/tmp/.container-kernel-{os.getuid()}/session/notebook",  # /etc: not empty
     ]
     assert (skeletons / "home" / "me").is_dir()
     assert (skeletons / "scratch" / "me" / "project").is_dir()

@@ -484,9 +484,26 @@ def test_no_private_folder_or_temporary_home_outlives_a_cell(ip, tmp_path, monke
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     assert cell(ip, "--home temporary -o x", "x = 1\n") is None
     assert isinstance(cell(ip, "--home temporary", "raise SystemExit(3)\n"), ContainerCellError)
-    left = [p.name for p in (tmp_path / "tmp").iterdir()]
-    assert [name for name in left if not name.startswith(".container-kernel-")] == []  # ch-run's
-    # shared, empty mount points (charliecloud.staging_name) are all that may stay
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
+
+
+def test_mount_points_in_a_shared_tmp_go_with_the_cell(
+    ip, tmp_path, monkeypatch, squashfs_image, runtime
+):
+    """With the host's /tmp shared, ch-run mounts our folders it cannot create in a SquashFS
+    image (the home, the cell's files) over folders it makes in that /tmp: they are the cell
+    session's, and go with it."""
+    host_tmp = tmp_path / "host-tmp"
+    host_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(host_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    body = "import os\nprint(os.environ['HOME'], os.path.isdir(os.environ['HOME']))\n"
+    assert cell(ip, f"--share-tmp --out seen {squashfs_image}", body) is None
+    home, exists = ip.user_ns["seen"].split()
+    assert exists == "True"
+    if runtime == "charliecloud":
+        assert home.startswith(f"/tmp/.container-kernel-{os.getuid()}/")  # staged
+    assert [p.name for p in host_tmp.iterdir() if not p.name.startswith("ch-run_")] == []
 
 
 def test_each_cell_runs_in_a_private_session_that_ends_with_it(ip, tmp_path, monkeypatch):
@@ -531,7 +548,11 @@ def test_each_cell_runs_in_a_private_session_that_ends_with_it(ip, tmp_path, mon
     assert first.startswith("s3cr3t [")
     assert "other-secret" not in first
     assert second == "False"
-    assert [name for name in on_host if not name.startswith(".container-kernel-")] == []
+    # (ch-run copies /etc/passwd and /etc/group to $TMPDIR for an instant, to bind them)
+    assert [
+        name for name in on_host if not name.startswith(("ch-run_passwd.", "ch-run_group."))
+    ] == []
+    assert list(host_tmp.iterdir()) == []
     assert orphan.wait(timeout=5) == -signal.SIGKILL
     assert [p.name for p in root.iterdir()] == [other.name]
     other.end()

@@ -145,3 +145,9 @@ def test_the_documented_site_config_as_it_is(tmp_path, monkeypatch, kernel_spec)
             f"'SLURM_FAKE_TOKEN' in os.environ, open({str(scratch / 'data.csv')!r}).read()]))",
         )
     assert json.loads(out) == ["8", "1", "42", False, "1,2"]
+
+
+def test_every_placement_value_has_its_class():
+    from container_kernel import placements, settings
+
+    assert set(placements.PLACEMENTS) == set(settings.PLACEMENTS)

@@ -192,6 +192,7 @@ def plan(
         tmp_mounts=runtime.mounts_in_private_tmp,
     )  # fmt: skip
     command = runtime.exec_command(request, host_env)
+    session.remove_at_end(command.created)
     for path, text in command.files.items():
         _write_private(Path(path), text)
     return Launch(command.argv, command.env, cwd if request.workdir == cwd else "/", runtime)

@@ -19,13 +19,16 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..ground.folders import private_folder
 
 MARKER = "CONTAINER_KERNEL_SESSION"
+CREATED = "created"  # in a session's folder: the folders it made elsewhere, one per line
 REMOVE_ATTEMPTS = 20
 
 
@@ -99,14 +102,34 @@ class Session:
         """SIGKILL every process of ours that carries this session's mark; how many."""
         return kill_marked(self.mark)
 
+    def remove_at_end(self, folders: Sequence[str]) -> None:
+        """Folders of this session's made outside its own (a runtime's mount points in a shared
+        /tmp): `end` removes them too."""
+        if folders:
+            with open(self.folder / CREATED, "a") as record:
+                record.writelines(f"{folder}\n" for folder in folders)
+
     def end(self) -> None:
-        """Kill what the session started under any of its marks, then remove its folder."""
+        """Kill what the session started under any of its marks, then remove its folder and
+        the folders it made elsewhere."""
         kill_marked(self.name, variants=True)
+        with contextlib.suppress(OSError):
+            for line in (self.folder / CREATED).read_text().splitlines():
+                _remove_own_folder(Path(line))
         for _ in range(REMOVE_ATTEMPTS):  # (a process SIGKILLed a moment ago may still write)
             shutil.rmtree(self.folder, ignore_errors=True)
             if not self.folder.exists():
                 break
             time.sleep(0.05)
+
+
+def _remove_own_folder(folder: Path) -> None:
+    """`folder` if it is a folder of ours (not a link), and its parent if that is now empty."""
+    with contextlib.suppress(OSError):
+        info = folder.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.parent.rmdir()  # (only when no other session's is left in it)
 
 
 def sweep(root: Path | None = None) -> None:

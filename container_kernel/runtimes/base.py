@@ -87,12 +87,15 @@ class ExecRequest:
 
 @dataclass(frozen=True)
 class Command:
-    """What a backend makes of a request: the runtime's argv and environment, and the files the
-    launch layer must write first (mode 0600) for the runtime or the command to read."""
+    """What a backend makes of a request: the runtime's argv and environment, the files the
+    launch layer must write first (mode 0600) for the runtime or the command to read, and the
+    folders it made outside the launch's own (mount points in a shared /tmp): they go when the
+    launch's session ends."""
 
     argv: list[str]
     env: dict[str, str]
     files: Mapping[str, str] = field(default_factory=dict)
+    created: Sequence[str] = ()
 
 
 def with_user(env: Mapping[str, str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
@@ -50,8 +50,8 @@ def parse_version(text: str) -> Flavour:
 
 
 def staging_name() -> str:
-    """The folder of shared, empty mount points in the container's /tmp, one per user (mounts
-    are per container, so concurrent kernels can share them)."""
+    """The folder of empty mount points in the container's /tmp, one per user, with one folder
+    per launch's session in it (removed when the session ends: Command.created)."""
     return f".container-kernel-{os.getuid()}"
 
 
@@ -73,6 +73,9 @@ def exec_command(
     # ch-run's /tmp is the host's $TMPDIR (or /tmp), unless a private one is bound over it:
     # the one place it can mount new folders.
     host_tmp = Bind(request.tmp or host_env.get("TMPDIR") or "/tmp", "/tmp")
+    # Our folders that cannot go where asked are staged there, in a folder of this session's.
+    tag = Path(request.host_private).name if request.host_private else ""
+    stage = Staging(Path(host_tmp.src), tag)
     moved: dict[str, str] = {}  # destination -> where it really goes inside
     binds: list[Bind] = []
     for asked in ([request.home] if request.home else []) + list(request.binds):
@@ -82,7 +85,7 @@ def exec_command(
             Path(request.tmp, bind.dst[len("/tmp/") :]).mkdir(parents=True, exist_ok=True)
         elif request.host_private and not _can_mount_at(image, bind.dst, [host_tmp, *binds]):
             _skeleton(image, bind.dst, binds, Path(request.host_private, "skeleton"))
-        placed = _place(image, bind, [host_tmp, *binds])
+        placed = _place(image, bind, [host_tmp, *binds], stage)
         if placed.dst != asked.dst:
             moved[asked.dst] = placed.dst
         binds.append(placed)
@@ -111,7 +114,7 @@ def exec_command(
         argv += ["-c", _follow(request.workdir, moved)]
     argv += [*request.extra_args, str(image), "--", *(_follow(a, moved) for a in request.command)]
 
-    return Command(argv, with_user(host_env), files)
+    return Command(argv, with_user(host_env), files, created=stage.created)
 
 
 def _env_file(env: Mapping[str, str]) -> str:
@@ -166,7 +169,28 @@ def _has_nvidia_libraries(image: Path) -> bool:
     return any(os.path.lexists(image / folder / NVIDIA_LIBRARY) for folder in LIBRARY_FOLDERS)
 
 
-def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
+@dataclass
+class Staging:
+    """Mount points for our folders in the container's /tmp: `<staging_name>/<tag>/<name>`
+    (the host folder `root` is that /tmp)."""
+
+    root: Path
+    tag: str
+    created: list[str] = field(default_factory=list)
+
+    def place(self, name: str) -> str:
+        """The mount point for `name`, made on the host; its path inside."""
+        folder = _private_staging(str(self.root))
+        if self.tag:
+            folder = folder / self.tag
+            if not folder.is_dir():
+                folder.mkdir(mode=0o700)
+                self.created.append(str(folder))
+        (folder / name).mkdir(exist_ok=True)
+        return "/".join(filter(None, ("/tmp", staging_name(), self.tag, name)))
+
+
+def _place(image: Path, bind: Bind, earlier: list[Bind], stage: Staging) -> Bind:
     """Where `bind` can be mounted: its own destination if ch-run can mount there, else staged
     under the container's /tmp (`earlier[0]`, the host's $TMPDIR bound there).
 
@@ -177,9 +201,7 @@ def _place(image: Path, bind: Bind, earlier: list[Bind]) -> Bind:
     if mountable or (mountable is None and not bind.staging):
         return bind
     if bind.staging:
-        host_tmp = earlier[0].src
-        (_private_staging(host_tmp) / bind.staging).mkdir(exist_ok=True)
-        return replace(bind, dst=f"/tmp/{staging_name()}/{bind.staging}")
+        return replace(bind, dst=stage.place(bind.staging))
     msg = (
         f"ch-run cannot create {bind.dst} in the read-only image {image}: bind {bind.src} to a "
         "destination that exists in the image or is under /tmp."
