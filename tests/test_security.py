@@ -244,3 +244,27 @@ def test_a_name_chrun_cannot_carry_is_refused_for_what_it_is(kernel_spec, notebo
     with pytest.raises(ContainerKernelError, match=r"^ch-run cannot pass the variable 'BAD=NAME'"):
         km.start_kernel(cwd=str(notebook_dir))
     assert list(sessions_root().iterdir()) == []
+
+
+def test_a_kernel_cannot_change_the_provided_ipykernel(
+    kernel_spec, notebook_dir, no_ipykernel_image, tmp_path, runtime
+):
+    """The ipykernel provided from the host is shared by every kernel of that Python: Apptainer
+    binds it read-only; ch-run cannot, so its files are read-only on the host, which holds for an
+    unprivileged user's kernel (root's may write anyway: a known limit, docs/runtimes.md)."""
+    cache = tmp_path / "image-cache"
+    name = kernel_spec(image=str(no_ipykernel_image), image_cache=str(cache))
+    change = (
+        "import ipykernel, os\n"
+        "try:\n"
+        "    open(os.path.join(os.path.dirname(ipykernel.__file__), 'planted.py'), 'w').close()\n"
+        "    print('written')\n"
+        "except OSError as err:\n"
+        "    print(type(err).__name__)\n"
+    )
+    with running_kernel(name, str(notebook_dir)) as (_, kc):
+        said = run(kc, change).strip()
+    root_on_chrun = runtime == "charliecloud" and os.getuid() == 0
+    assert said == "written" if root_on_chrun else said in ("OSError", "PermissionError")
+    planted = list(cache.glob("kernels/*/ipykernel/planted.py"))
+    assert bool(planted) == root_on_chrun

@@ -8,11 +8,11 @@ the site's Jupyter config, then the flags.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from ..ground.folders import remove_tree
 from ..images import cache as images
 from ..images.resolve import local_image
 from ..runtimes.base import Runtime
@@ -132,7 +132,7 @@ def _runtime_folders() -> list[str]:
 def _remove(path: Path) -> int:
     size = _folder_size(path) if path.is_dir() else path.stat().st_size if path.exists() else 0
     if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)  # (a provided ipykernel is read-only)
     else:
         path.unlink(missing_ok=True)
     return size

@@ -9,7 +9,10 @@ there (Jupyter itself makes that folder 0700).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
 from pathlib import Path
 
 
@@ -63,3 +66,28 @@ def cache_root() -> Path:
     `~/.cache/container-kernel`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(base, "container-kernel")
+
+
+def read_only_tree(folder: Path) -> None:
+    """Every file and folder under `folder` (and it) read-only: a runtime that cannot bind
+    read-only (ch-run) then shows it to an unprivileged kernel as it is. `remove_tree` undoes it."""
+    for path in [*Path(folder).rglob("*"), Path(folder)]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode & ~0o222)
+
+
+def remove_tree(path: Path) -> None:
+    """`shutil.rmtree`, read-only folders of ours too (read_only_tree)."""
+
+    def writable_again(function, name, _error) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+            function(name)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=writable_again)
+    else:
+        shutil.rmtree(path, onerror=writable_again)

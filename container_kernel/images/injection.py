@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
-from ..ground.folders import private_folder
+from ..ground.folders import private_folder, remove_tree
 
 REQUIREMENT = "ipykernel>=6"  # ipykernel 5 lacks the debugger; 4 would "resolve" with anything
 MIN_PYTHON = (3, 7)  # what ipykernel 6.0 needs
@@ -182,7 +182,8 @@ def kernel_site(
         if (final / RECORD).is_file():
             return final
         for stale in [final, *folder.glob(f".{final.name}.*")]:  # left by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.exists():
+                remove_tree(stale)
         build = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
         try:
             code, lines = _pip(_pip_argv(target, tags, pins, build, source), build, python, log)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..ground.errors import ContainerKernelError
-from ..ground.folders import file_identity, private_folder
+from ..ground.folders import file_identity, private_folder, read_only_tree
 from ..runtimes.base import Bind, Progress
 from ..settings import ContainerSettings
 from . import injection, probe
@@ -105,4 +105,5 @@ def injected_site(
         out = probe.run_in_image(settings, compile_all, image=image, extra_binds=[writable])
         if out.returncode == 0:  # (else it runs, slower: Python compiles at each start)
             (site / COMPILED).touch()
+            read_only_tree(site)  # (ch-run binds it read-write: a user's kernel cannot change it)
     return site
