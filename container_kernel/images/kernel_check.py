@@ -105,5 +105,6 @@ def injected_site(
         out = probe.run_in_image(settings, compile_all, image=image, extra_binds=[writable])
         if out.returncode == 0:  # (else it runs, slower: Python compiles at each start)
             (site / COMPILED).touch()
-            read_only_tree(site)  # (ch-run binds it read-write: a user's kernel cannot change it)
+    if (site / COMPILED).exists() and site.stat().st_mode & 0o222:
+        read_only_tree(site)  # (ch-run binds it read-write: a user's kernel cannot change it)
     return site
