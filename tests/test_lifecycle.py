@@ -217,6 +217,26 @@ def test_a_kernel_started_in_a_thread_lives_as_long_as_its_process(kernel_spec, 
         gc.collect()
 
 
+def test_a_restart_after_a_crash_starts_a_kernel_that_stays(kernel_spec, notebook_dir):
+    """jupyter_client's restart sends the crashed kernel a shutdown request that no one takes;
+    the new kernel (a standby's, at once) must not get it and exit. Three crashes in a row:
+    before the fix, about one restart in three died ("Kernel died before replying")."""
+    with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
+        for crash in range(3):
+            run(kc, "x = 1")
+            time.sleep(1.5)  # the standby is ready
+            kc.execute("import os; os._exit(1)")
+            deadline = time.monotonic() + 10
+            while km.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not km.is_alive()
+            km.restart_kernel(now=False)  # as JupyterLab's restart of a dead kernel
+            kc.wait_for_ready(timeout=60)
+            assert run(kc, f"print({crash})").strip() == str(crash)
+            time.sleep(0.3)
+            assert km.is_alive(), f"the kernel after crash {crash + 1} exited"
+
+
 def test_interrupt_reaches_what_the_cell_runs(kernel_spec, notebook_dir):
     with running_kernel(kernel_spec(), str(notebook_dir)) as (km, kc):
         msg_id = kc.execute("import os, time; t = time.monotonic(); os.system('sleep 15')")
