@@ -258,6 +258,7 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         control = getattr(self.parent, "_control_socket", None)
         if control is not None:
             control.linger = 0
+
     async def cleanup(self, restart: bool = False) -> None:
         """End this kernel's session at shutdown (what it started, its private folder with a
         temporary home); keep it across a restart."""
