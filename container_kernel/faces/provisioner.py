@@ -242,10 +242,15 @@ class ContainerProvisioner(ContainerSettings, StartupWatch, LocalProvisioner):
         SHUTDOWN_WATCH), so that jupyter_client, which polls every 0.1 s, finds it gone at its
         first look: a restart goes on that much sooner. (Not reaped: see poll.)"""
         await super().shutdown_requested(restart=restart)
+        stopping = None
+        if not restart and self._placement is not None:  # (meanwhile: the standby goes)
+            stopping = asyncio.ensure_future(asyncio.to_thread(self._placement.stop_standby))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_WATCH
         while self.process and not processes.exited(self.process.pid) and loop.time() < deadline:
             await asyncio.sleep(0.005)
+        if stopping is not None:
+            await stopping
         self._drop_undelivered_request()
 
     def _drop_undelivered_request(self) -> None:

@@ -122,6 +122,9 @@ class Placement(ABC):
     def start_standby(self) -> None:  # noqa: B027 (only placements with standbys)
         """After a start: the next start's container, waiting (supports_standby)."""
 
+    def stop_standby(self) -> None:  # noqa: B027 (only placements with standbys)
+        """A shutdown is coming: no standby waits or starts any more."""
+
     def take_standby(self) -> subprocess.Popen | None:
         """For a restart (just prepared): a waiting container now running the kernel, or None
         (start cold)."""

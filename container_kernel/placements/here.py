@@ -59,6 +59,7 @@ class Here(Placement):
         self.forwards_signals = True
         self.standby: Standby | None = None
         self._last: tuple | None = None  # the last start's (command, launch, plan inputs)
+        self._closing = False  # a shutdown was asked for: no standby starts
         self._lock = threading.Lock()  # (standbys start in a thread)
 
     def prepare(
@@ -121,11 +122,21 @@ class Here(Placement):
     def start_standby(self) -> None:
         """After a start: the next start's container, waiting (see standby.py)."""
         with self._lock:
-            if not self.settings.standby or self.session is None or self._last is None:
+            if self._closing or not self.settings.standby or None in (self.session, self._last):
                 return
             self._discard_standby()
             command, launch, inputs = self._last
             self.standby = standby.start(self, command, launch, inputs, self._identity(inputs))
+
+    def stop_standby(self) -> None:
+        """At a shutdown request: the standby goes at once (still starting, it would compete
+        with the kernel's exit for the CPUs), and none starts later."""
+        with self._lock:
+            self._closing = True
+            if self.standby is not None:
+                self.standby.discard(grace=0)
+                sessions.kill_marked(self.session.with_variant(self.standby.variant).mark)
+                self.standby = None
 
     def take_standby(self) -> subprocess.Popen | None:
         """For a restart (just prepared): the standby's process, now running the kernel, if
